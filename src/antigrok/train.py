@@ -1,0 +1,339 @@
+"""One readable training loop: AdamW on a model, log-spaced checkpoints, resumable.
+
+Everything a run does is decided by its config and its seed: the model's init comes from
+``build_model(seed=run seed)``, the batch order from a generator of its own. A killed job that is
+started again continues from its resume state and writes bit-identical files (on CPU).
+
+Files of a run (``run_dir``)::
+
+    checkpoints/step{step:09d}.pt   written only when the run completes
+    train_log.csv                   step, train_loss, train_acc, test_loss, test_acc
+    .resume/                        state.pt and the checkpoints so far, while the run is under way
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from antigrok.models import DTYPES, build_model
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "antigrok.checkpoint/1"
+TRAIN_LOG_COLUMNS = ["step", "train_loss", "train_acc", "test_loss", "test_acc"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run cannot continue."""
+
+
+def log_spaced_steps(last_step: int, per_decade: int) -> list[int]:
+    """Step 0, ``per_decade`` log-spaced integer steps per decade up to ``last_step``, and the last.
+
+    Deduplicated after rounding, so the first decades hold every step they can.
+    """
+    if last_step < 1:
+        raise ValueError(f"last_step must be >= 1, got {last_step}")
+    num_points = int(math.floor(per_decade * math.log10(last_step))) + 1
+    exponents = np.arange(num_points) / per_decade
+    steps = np.unique(np.rint(10.0**exponents).astype(np.int64))
+    steps = steps[steps <= last_step]
+    return sorted({0, *steps.tolist(), last_step})
+
+
+def checkpoint_steps(last_step: int, per_decade: int) -> list[int]:
+    """The steps at which a run saves a checkpoint (``checkpoints.per_decade``)."""
+    return log_spaced_steps(last_step, per_decade)
+
+
+def log_steps(last_step: int, log_per_decade: int, checkpoint_per_decade: int) -> list[int]:
+    """The steps logged to train_log.csv: ``log.per_decade`` and every checkpoint step."""
+    return sorted(
+        set(log_spaced_steps(last_step, log_per_decade))
+        | set(checkpoint_steps(last_step, checkpoint_per_decade))
+    )
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed for one random stream (``"batch_order"``, ...) of a run."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def resolve_device(device: str) -> torch.device:
+    """``train.device``: auto is CUDA when available, else CPU; cuda without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use auto or cpu")
+    return torch.device(device)
+
+
+@dataclass
+class RunSpec:
+    """What identifies one run and everything its training needs."""
+
+    experiment: str
+    experiment_cfg: dict
+    weight_decay: float
+    seed: int
+    checkpoint_per_decade: int = 20
+    log_per_decade: int = 60
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/wd{self.weight_decay}/seed{self.seed}"
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the trajectory: a resume state from another is discarded."""
+        payload = json.dumps(
+            [self.experiment, self.experiment_cfg, self.weight_decay, self.seed,
+             self.checkpoint_per_decade, self.log_per_decade],
+            sort_keys=True, default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def loss_fn(name: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``mse`` against one-hot targets (mean over all entries, as nn.MSELoss), or cross-entropy."""
+    if name == "mse":
+        one_hot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
+        return F.mse_loss(logits, one_hot)
+    if name == "cross_entropy":
+        return F.cross_entropy(logits, targets)
+    raise ValueError(f"unknown loss {name!r}; known: mse, cross_entropy")
+
+
+@torch.no_grad()
+def evaluate(model, x, y, loss_name: str, chunk: int = 10_000) -> tuple[float, float]:
+    """Loss and accuracy of ``model`` on the whole of ``(x, y)``."""
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), chunk):
+        logits = model(x[start:start + chunk])
+        total_loss += loss_fn(loss_name, logits, y[start:start + chunk]).item() * len(logits)
+        correct += (logits.argmax(-1) == y[start:start + chunk]).sum().item()
+    return total_loss / len(x), correct / len(x)
+
+
+def make_optimizer(model, optimizer_cfg: dict, weight_decay: float) -> torch.optim.Optimizer:
+    if optimizer_cfg["name"] != "adamw":
+        raise ValueError(f"unknown optimizer {optimizer_cfg['name']!r}; known: adamw")
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=optimizer_cfg["lr"],
+        betas=tuple(optimizer_cfg.get("betas", (0.9, 0.999))),
+        eps=optimizer_cfg.get("eps", 1e-8),
+        weight_decay=weight_decay,
+    )
+
+
+def learning_rate(optimizer_cfg: dict, step: int) -> float:
+    """The lr of the update from ``step`` to ``step + 1``: linear warm-up ``min(step / w, 1)``."""
+    warmup = optimizer_cfg.get("warmup_steps", 0)
+    factor = min(step / warmup, 1.0) if warmup > 0 else 1.0
+    return optimizer_cfg["lr"] * factor
+
+
+class BatchOrder:
+    """Shuffled mini-batches, a fresh permutation each epoch, from the run's own generator.
+
+    Full batch (``batch_size >= n``) uses every example every step, in order. An incomplete last
+    batch of an epoch is dropped, like ``DataLoader(shuffle=True, drop_last=True)``.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        self.num_examples = num_examples
+        self.batch_size = min(batch_size, num_examples)
+        self.batches_per_epoch = num_examples // self.batch_size
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, "batch_order"))
+        self.permutation = None
+        self.position = self.batches_per_epoch  # forces a new permutation on the first call
+
+    def next(self) -> torch.Tensor:
+        if self.batch_size == self.num_examples:
+            return torch.arange(self.num_examples)
+        if self.position == self.batches_per_epoch:
+            self.permutation = torch.randperm(self.num_examples, generator=self.generator)
+            self.position = 0
+        start = self.position * self.batch_size
+        self.position += 1
+        return self.permutation[start:start + self.batch_size]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "permutation": self.permutation,
+                "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.permutation = state["permutation"]
+        self.position = state["position"]
+
+
+def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    return Path(checkpoint_dir) / f"step{step:09d}.pt"
+
+
+def save_checkpoint(path: Path, model, spec: RunSpec, step: int) -> None:
+    state = {name: tensor.detach().to("cpu", torch.float64).clone()
+             for name, tensor in model.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "model": state,
+        "experiment": spec.experiment,
+        "weight_decay": spec.weight_decay,
+        "seed": spec.seed,
+        "model_config": spec.experiment_cfg["model"],
+        "dtype": spec.experiment_cfg.get("dtype", "float64"),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _save_resume(resume_dir: Path, spec: RunSpec, step, model, optimizer, batches, rows) -> None:
+    state = {
+        "fingerprint": spec.fingerprint(),
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "batches": batches.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "rows": rows,
+    }
+    tmp = resume_dir / "state.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(resume_dir / "state.pt")
+
+
+def _load_resume(resume_dir: Path, spec: RunSpec, device):
+    path = resume_dir / "state.pt"
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state["fingerprint"] != spec.fingerprint():
+        log.warning("discarding resume state of %s: its config differs from this run's", spec.name)
+        return None
+    return state
+
+
+def train_run(spec: RunSpec, dataset: dict, run_dir: str | Path, device: str = "auto",
+              resume_every_s: float = 60.0, progress: bool = True) -> pd.DataFrame:
+    """Train one run to ``steps``, writing its checkpoints and train_log.csv under ``run_dir``.
+
+    Returns the train log. Raises NonFiniteLossError naming the run and step when the loss
+    diverges; then no train_log.csv or checkpoints/ is written.
+    """
+    cfg = spec.experiment_cfg
+    run_dir = Path(run_dir)
+    device = resolve_device(device)
+    dtype = DTYPES[cfg.get("dtype", "float64")]
+    last_step = cfg["steps"]
+    loss_name = cfg.get("loss", "mse")
+
+    x_train = dataset["x_train"].to(device)
+    y_train = dataset["y_train"].to(device)
+    x_test = dataset["x_test"].to(device)
+    y_test = dataset["y_test"].to(device)
+    if x_train.is_floating_point():
+        x_train, x_test = x_train.to(dtype), x_test.to(dtype)
+
+    model = build_model(cfg["model"], cfg.get("dtype", "float64"), seed=spec.seed).to(device)
+    optimizer = make_optimizer(model, cfg["optimizer"], spec.weight_decay)
+    batches = BatchOrder(len(x_train), cfg["batch_size"], spec.seed)
+
+    checkpoints = set(checkpoint_steps(last_step, spec.checkpoint_per_decade))
+    logged = set(log_steps(last_step, spec.log_per_decade, spec.checkpoint_per_decade))
+    resume_dir = run_dir / ".resume"
+    staged_checkpoints = resume_dir / "checkpoints"
+    step, rows = 0, []
+    state = _load_resume(resume_dir, spec, device)
+    if state is None:  # a fresh start: nothing staged by another config may survive
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    staged_checkpoints.mkdir(parents=True, exist_ok=True)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        step, rows = state["step"], state["rows"]
+        log.info("resuming %s from step %d", spec.name, step)
+
+    bar = tqdm(total=last_step, initial=step, desc=spec.name, unit="step",
+               mininterval=5.0, smoothing=0.05, disable=not progress)
+    last_resume_save = time.monotonic()
+    while True:
+        if step in logged:
+            model.eval()
+            train_loss, train_acc = evaluate(model, x_train, y_train, loss_name)
+            test_loss, test_acc = evaluate(model, x_test, y_test, loss_name)
+            model.train()
+            if not math.isfinite(train_loss):
+                shutil.rmtree(resume_dir, ignore_errors=True)
+                raise NonFiniteLossError(
+                    f"run {spec.name}: the train loss is {train_loss} at step {step}; "
+                    "lower optimizer.lr or check the data"
+                )
+            rows.append({"step": step, "train_loss": train_loss, "train_acc": train_acc,
+                         "test_loss": test_loss, "test_acc": test_acc})
+            bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=False)
+        if step in checkpoints:
+            save_checkpoint(checkpoint_path(staged_checkpoints, step), model, spec, step)
+        if step == last_step:
+            break
+        if time.monotonic() - last_resume_save >= resume_every_s:
+            _save_resume(resume_dir, spec, step, model, optimizer, batches, rows)
+            last_resume_save = time.monotonic()
+
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg["optimizer"], step)
+        index = batches.next().to(device)
+        loss = loss_fn(loss_name, model(x_train[index]), y_train[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        bar.update(1)
+    bar.close()
+
+    return _finish(run_dir, resume_dir, rows)
+
+
+def _finish(run_dir: Path, resume_dir: Path, rows: list[dict]) -> pd.DataFrame:
+    """Move the staged checkpoints into place and write train_log.csv, last, atomically."""
+    train_log = pd.DataFrame(rows, columns=TRAIN_LOG_COLUMNS)
+    final_checkpoints = run_dir / "checkpoints"
+    if final_checkpoints.exists():
+        shutil.rmtree(final_checkpoints)
+    (resume_dir / "checkpoints").replace(final_checkpoints)
+    tmp = run_dir / "train_log.csv.tmp"
+    train_log.to_csv(tmp, index=False)
+    tmp.replace(run_dir / "train_log.csv")
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return train_log
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint dict, or a ValueError that says why the file is not one."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise ValueError(f"{path}: not a torch checkpoint ({type(error).__name__}: {error})") from None
+    if isinstance(payload, dict) and "model" in payload and isinstance(payload["model"], dict):
+        return payload
+    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return {"step": None, "model": payload}  # a bare state_dict from a user's own training
+    raise ValueError(f"{path}: holds neither a state_dict nor a dict with a 'model' state_dict")

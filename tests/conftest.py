@@ -1,0 +1,61 @@
+"""Shared fixtures: paths, the offline MNIST copy, and one smoke workflow run per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "profiles", "tests/smoke.yaml"]
+
+
+def have_mnist() -> bool:
+    return (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
+
+
+requires_mnist = pytest.mark.skipif(not have_mnist(), reason=f"offline MNIST copy not found at {SHARED_DATA}")
+
+
+def copy_workflow(destination: Path) -> Path:
+    """A copy of the workflow's files in ``destination``, to run snakemake without touching the repo."""
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, target)
+    return destination
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run snakemake in ``workdir`` with the smoke config and the offline data root."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    command = [
+        sys.executable, "-m", "snakemake", "--configfile", "tests/smoke.yaml",
+        "--config", f"data.root={SHARED_DATA}", *args,
+    ]
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-8000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="session")
+def smoke_workdir(tmp_path_factory) -> Path:
+    """A completed smoke workflow (tests/smoke.yaml) in a temporary copy: results/ under it."""
+    if not have_mnist():
+        pytest.skip(f"offline MNIST copy not found at {SHARED_DATA}")
+    workdir = copy_workflow(tmp_path_factory.mktemp("smoke"))
+    snakemake(workdir, "--cores", "2")
+    return workdir

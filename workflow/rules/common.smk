@@ -1,0 +1,66 @@
+# Helpers shared by the rules: the runs of the config, their paths, and the stage targets.
+import json
+import shutil
+from pathlib import Path
+
+RESULTS = "results"
+RUN_DIR = RESULTS + "/runs/{experiment}/wd{weight_decay}/seed{seed}"
+ENV_TORCH = "../../envs/torch.yaml"
+ENV_ANALYSIS = "../../envs/analysis.yaml"
+
+
+wildcard_constraints:
+    experiment=r"[A-Za-z0-9_]+",
+    weight_decay=r"[0-9.eE+-]+",
+    seed=r"\d+",
+
+
+def format_weight_decay(value):
+    """The weight decay as it appears in run paths: wd0.0, wd0.01, wd1.0."""
+    return str(float(value))
+
+
+def runs():
+    """Every run of the config: (experiment, weight decay as in paths, seed)."""
+    return [
+        (name, format_weight_decay(weight_decay), seed)
+        for name, experiment in config["experiments"].items()
+        for weight_decay in experiment["weight_decays"]
+        for seed in experiment["seeds"]
+    ]
+
+
+def run_files(filename):
+    """``filename`` under every run directory of the config."""
+    return [
+        f"{RESULTS}/runs/{name}/wd{weight_decay}/seed{seed}/{filename}"
+        for name, weight_decay, seed in runs()
+    ]
+
+
+def experiment_config(wildcards):
+    return config["experiments"][wildcards.experiment]
+
+
+def experiment_json(wildcards):
+    """The experiment's config as JSON: a param, so any change to it reruns its runs."""
+    return json.dumps(experiment_config(wildcards), sort_keys=True)
+
+
+def training_uses_cuda():
+    device = config["train"]["device"]
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device == "cuda"
+
+
+# Per-run files each stage adds to `rule all`; the stage files append to this list.
+RUN_TARGETS = ["train_log.csv"]
+# Files across runs (tables, figures) that the stage files append to.
+GLOBAL_TARGETS = []
+
+
+def all_targets():
+    return [path for name in RUN_TARGETS for path in run_files(name)] + GLOBAL_TARGETS
