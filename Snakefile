@@ -13,6 +13,11 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/spectra.smk"
+include: "workflow/rules/traps.smk"
+include: "workflow/rules/progress.smk"
+include: "workflow/rules/summary.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
