@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 RESULTS = "results"
-RUN_DIR = RESULTS + "/runs/{experiment}/wd{weight_decay}/seed{seed}"
+RUN_DIR = "results/runs/{experiment}/wd{weight_decay}/seed{seed}"
 ENV_TORCH = "../../envs/torch.yaml"
 ENV_ANALYSIS = "../../envs/analysis.yaml"
 
