@@ -1,10 +1,25 @@
 # antigrok: the anti-grokking study of Prakash & Martin, end to end. See README.md.
-from snakemake.utils import min_version, validate
+from snakemake.common.configfile import load_configfile
+from snakemake.utils import min_version, update_config, validate
 
 min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+# A config given with --configfile states its experiments in full: config.yaml's experiments
+# are not merged into them (its other sections still provide defaults, key by key).
+if workflow.overwrite_configfiles:
+    config["experiments"] = {}
+    for path in workflow.overwrite_configfiles:
+        update_config(
+            config["experiments"], load_configfile(path).get("experiments", {})
+        )
+    update_config(
+        config["experiments"],
+        workflow.config_settings.overwrite_config.get("experiments", {}),
+    )
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
@@ -18,6 +33,12 @@ include: "workflow/rules/traps.smk"
 include: "workflow/rules/progress.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
+
+
+# Light rules run on the login node under a cluster profile (profiles/slurm); prepare_data
+# may download MNIST, which compute nodes often cannot.
+localrules:
+    prepare_data,
 
 
 rule all:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -35,13 +36,20 @@ def copy_workflow(destination: Path) -> Path:
     return destination
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run snakemake in ``workdir`` with the smoke config and the offline data root."""
+def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True,
+              timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run snakemake in ``workdir`` with the smoke config and the offline data root.
+
+    ``overrides`` is a nested dict of config changes, e.g. ``{"traps": {"tracy_widom_scale": 2.0}}``,
+    written to a second config file (snakemake's ``--config`` takes neither nested keys nor
+    typed nested values).
+    """
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    override_file = workdir / "test_overrides.yaml"
+    override_file.write_text(yaml.safe_dump({"data": {"root": str(SHARED_DATA)}, **(overrides or {})}))
     command = [
-        sys.executable, "-m", "snakemake", "--configfile", "tests/smoke.yaml",
-        "--config", f"data.root={SHARED_DATA}", *args,
+        sys.executable, "-m", "snakemake", "--configfile", "tests/smoke.yaml", override_file.name, *args,
     ]
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

@@ -47,6 +47,17 @@ def experiment_json(wildcards):
     return json.dumps(experiment_config(wildcards), sort_keys=True)
 
 
+def dataset_identity(wildcards):
+    """What defines an experiment's data: its dataset entry, plus the MNIST subset keys for MNIST."""
+    dataset = dict(experiment_config(wildcards)["dataset"])
+    if dataset["name"] == "mnist":
+        dataset.update(
+            train_size=config["data"]["train_size"],
+            subset_seed=config["data"]["subset_seed"],
+        )
+    return dataset
+
+
 def training_uses_cuda():
     device = config["train"]["device"]
     if device == "auto":

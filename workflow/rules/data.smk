@@ -6,7 +6,7 @@ rule prepare_data:
     conda:
         ENV_TORCH
     params:
-        dataset=lambda wc: experiment_config(wc)["dataset"],
-        data=config["data"],
+        # data.root is read by the script, not a param: moving the data reruns nothing
+        dataset=dataset_identity,
     script:
         "../scripts/prepare_data.py"

@@ -1,0 +1,168 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from antigrok.models import build_model
+from antigrok.train import (
+    NonFiniteLossError,
+    RunSpec,
+    checkpoint_steps,
+    load_checkpoint,
+    log_steps,
+    train_run,
+)
+
+TINY_EXPERIMENT = {
+    "dataset": {"name": "mnist"},
+    "model": {"name": "mlp", "widths": [6, 5, 4, 3], "init_scale": 8.0},
+    "loss": "mse",
+    "optimizer": {"name": "adamw", "lr": 5e-4, "betas": [0.9, 0.999], "eps": 1e-8},
+    "weight_decays": [0.0],
+    "seeds": [0],
+    "steps": 1,
+    "batch_size": 8,
+    "dtype": "float64",
+}
+
+
+def tiny_dataset(num_train=24, num_test=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "x_train": torch.rand(num_train, 6, generator=generator),
+        "y_train": torch.randint(0, 3, (num_train,), generator=generator),
+        "x_test": torch.rand(num_test, 6, generator=generator),
+        "y_test": torch.randint(0, 3, (num_test,), generator=generator),
+        "num_classes": 3,
+    }
+
+
+def tiny_spec(steps, weight_decay=0.0, batch_size=8, **overrides):
+    experiment = dict(TINY_EXPERIMENT, steps=steps, batch_size=batch_size, **overrides)
+    return RunSpec("tiny", experiment, weight_decay, seed=0, checkpoint_per_decade=4, log_per_decade=10)
+
+
+def test_checkpoint_schedule_is_log_spaced_with_first_and_last_step():
+    assert checkpoint_steps(2000, 4) == [0, 1, 2, 3, 6, 10, 18, 32, 56, 100, 178, 316, 562, 1000, 1778, 2000]
+    steps = checkpoint_steps(10_000_000, 20)
+    assert steps[0] == 0 and steps[-1] == 10_000_000
+    assert steps == sorted(set(steps))
+    assert 1_000_000 in steps and 100_000 in steps
+    # 20 per decade: decades 4..7 contribute exactly 20 distinct steps each
+    assert sum(1 for s in steps if 10**6 <= s < 10**7) == 20
+
+
+def test_last_step_is_kept_when_off_the_grid():
+    assert checkpoint_steps(1234, 2)[-2:] == [1000, 1234]
+
+
+def test_log_steps_include_every_checkpoint():
+    assert set(checkpoint_steps(5000, 4)) <= set(log_steps(5000, 3, 4))
+
+
+def test_init_scale_multiplies_every_parameter():
+    plain = build_model({"name": "mlp", "widths": [784, 200, 200, 10], "init_scale": 1.0}, seed=7)
+    scaled = build_model({"name": "mlp", "widths": [784, 200, 200, 10], "init_scale": 8.0}, seed=7)
+    for (name, p), (_, q) in zip(plain.named_parameters(), scaled.named_parameters()):
+        assert q.dtype == torch.float64
+        assert torch.equal(q, 8.0 * p), name
+    # PyTorch's default init: kaiming-uniform weights within 1/sqrt(fan_in), times 8
+    assert scaled.fc1.weight.abs().max() <= 8.0 / math.sqrt(784)
+
+
+def test_one_step_matches_hand_computed_adamw(tmp_path):
+    lr, beta1, beta2, eps, weight_decay = 5e-4, 0.9, 0.999, 1e-8, 0.01
+    dataset = tiny_dataset(num_train=8)
+    spec = tiny_spec(steps=1, weight_decay=weight_decay, batch_size=8)  # full batch: no shuffling
+    train_run(spec, dataset, tmp_path, device="cpu", progress=False)
+    before = load_checkpoint(tmp_path / "checkpoints" / "step000000000.pt")["model"]
+    after = load_checkpoint(tmp_path / "checkpoints" / "step000000001.pt")["model"]
+
+    model = build_model(TINY_EXPERIMENT["model"], seed=0)
+    model.load_state_dict(before)
+    x = dataset["x_train"].to(torch.float64)
+    one_hot = F.one_hot(dataset["y_train"], 3).to(torch.float64)
+    loss = ((model(x) - one_hot) ** 2).mean()
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    for (name, p), g in zip(model.named_parameters(), grads):
+        m_hat = ((1 - beta1) * g) / (1 - beta1)
+        v_hat = ((1 - beta2) * g * g) / (1 - beta2)
+        expected = p.detach() * (1 - lr * weight_decay) - lr * m_hat / (v_hat.sqrt() + eps)
+        torch.testing.assert_close(after[name], expected, rtol=1e-12, atol=1e-15)
+        assert after[name].dtype == torch.float64
+
+
+def test_training_writes_checkpoints_and_train_log(tmp_path):
+    train_log = train_run(tiny_spec(steps=100), tiny_dataset(), tmp_path, device="cpu", progress=False)
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == [f"step{s:09d}.pt" for s in checkpoint_steps(100, 4)]
+    on_disk = pd.read_csv(tmp_path / "train_log.csv")
+    assert list(on_disk.columns) == ["step", "train_loss", "train_acc", "test_loss", "test_acc"]
+    assert on_disk["step"].tolist() == log_steps(100, 10, 4)
+    assert on_disk["train_loss"].iloc[-1] < on_disk["train_loss"].iloc[0]
+    assert len(train_log) == len(on_disk)
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "step000000100.pt")
+    assert checkpoint["step"] == 100 and checkpoint["seed"] == 0 and checkpoint["experiment"] == "tiny"
+    assert not (tmp_path / ".resume").exists()
+
+
+def test_non_finite_loss_names_run_and_step_and_leaves_nothing_complete(tmp_path):
+    dataset = tiny_dataset()
+    dataset["x_train"][0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"run tiny/wd0.0/seed0: .* at step 0"):
+        train_run(tiny_spec(steps=50), dataset, tmp_path, device="cpu", progress=False)
+    assert not (tmp_path / "train_log.csv").exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+RESUMABLE_RUN = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_train import tiny_dataset, tiny_spec
+    from antigrok.train import train_run
+    train_run(tiny_spec(steps=4000), tiny_dataset(), {run_dir!r}, device="cpu",
+              resume_every_s=0.0, progress=False)
+    """
+)
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, caplog):
+    reference = tmp_path / "reference"
+    train_run(tiny_spec(steps=4000), tiny_dataset(), reference, device="cpu", progress=False)
+
+    killed = tmp_path / "killed"
+    script = RESUMABLE_RUN.format(tests=os.path.dirname(__file__), run_dir=str(killed))
+    process = subprocess.Popen([sys.executable, "-c", script])
+    state = killed / ".resume" / "state.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.exists() and len(list((killed / ".resume" / "checkpoints").glob("*.pt"))) >= 10:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the training finished before it could be killed; make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "train_log.csv").exists() and not (killed / "checkpoints").exists()
+    resumed_from = torch.load(state, weights_only=False)["step"]
+    assert 0 < resumed_from < 4000
+
+    with caplog.at_level("INFO", logger="antigrok"):
+        train_run(tiny_spec(steps=4000), tiny_dataset(), killed, device="cpu", progress=False)
+    assert f"from step {resumed_from}" in caplog.text
+    assert (killed / "train_log.csv").read_bytes() == (reference / "train_log.csv").read_bytes()
+    names = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (killed / "checkpoints").iterdir())
+    for name in names:
+        ours = load_checkpoint(killed / "checkpoints" / name)["model"]
+        theirs = load_checkpoint(reference / "checkpoints" / name)["model"]
+        for key in theirs:
+            assert torch.equal(ours[key], theirs[key]), (name, key)
