@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from antigrok.models import build_model
 from antigrok.train import (
+    BatchOrder,
     NonFiniteLossError,
     RunSpec,
     checkpoint_steps,
@@ -166,3 +167,30 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, caplog):
         theirs = load_checkpoint(reference / "checkpoints" / name)["model"]
         for key in theirs:
             assert torch.equal(ours[key], theirs[key]), (name, key)
+
+
+def test_resume_from_a_state_saved_at_a_logged_step_logs_it_once(tmp_path, monkeypatch):
+    """A crash right after a logged step: the resumed log has that step once, as the reference."""
+    reference = tmp_path / "reference"
+    train_run(tiny_spec(steps=300), tiny_dataset(), reference, device="cpu", progress=False)
+
+    class Crash(Exception):
+        pass
+
+    original_next = BatchOrder.next
+    calls = {"n": 0}
+
+    def crash_at_step_100(self):
+        calls["n"] += 1
+        if calls["n"] == 101:  # the update from step 100, a logged and checkpoint step
+            raise Crash
+        return original_next(self)
+
+    crashed = tmp_path / "crashed"
+    monkeypatch.setattr(BatchOrder, "next", crash_at_step_100)
+    with pytest.raises(Crash):
+        train_run(tiny_spec(steps=300), tiny_dataset(), crashed, device="cpu", resume_every_s=0.0, progress=False)
+    monkeypatch.setattr(BatchOrder, "next", original_next)
+    assert torch.load(crashed / ".resume" / "state.pt", weights_only=False)["step"] == 100
+    train_run(tiny_spec(steps=300), tiny_dataset(), crashed, device="cpu", progress=False)
+    assert (crashed / "train_log.csv").read_bytes() == (reference / "train_log.csv").read_bytes()

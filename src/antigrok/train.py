@@ -128,6 +128,24 @@ def evaluate(model, x, y, loss_name: str, chunk: int = 10_000) -> tuple[float, f
     return total_loss / len(x), correct / len(x)
 
 
+def evaluation_row(model, spec: RunSpec, step: int, train: tuple, test: tuple, loss_name: str) -> dict:
+    """The train_log.csv row of ``model`` at ``step``; NonFiniteLossError if the train loss diverged.
+
+    ``train`` and ``test`` are ``(x, y)`` pairs. Shared with the batched engine (antigrok.batched).
+    """
+    model.eval()
+    train_loss, train_acc = evaluate(model, *train, loss_name)
+    test_loss, test_acc = evaluate(model, *test, loss_name)
+    model.train()
+    if not math.isfinite(train_loss):
+        raise NonFiniteLossError(
+            f"run {spec.name}: the train loss is {train_loss} at step {step}; "
+            "lower optimizer.lr or check the data"
+        )
+    return {"step": step, "train_loss": train_loss, "train_acc": train_acc,
+            "test_loss": test_loss, "test_acc": test_acc}
+
+
 def make_optimizer(model, optimizer_cfg: dict, weight_decay: float) -> torch.optim.Optimizer:
     if optimizer_cfg["name"] != "adamw":
         raise ValueError(f"unknown optimizer {optimizer_cfg['name']!r}; known: adamw")
@@ -223,7 +241,8 @@ def _load_resume(resume_dir: Path, spec: RunSpec, device):
     path = resume_dir / "state.pt"
     if not path.exists():
         return None
-    state = torch.load(path, map_location=device, weights_only=False)
+    # On the CPU: generator states must stay there; load_state_dict moves the rest to the device.
+    state = torch.load(path, map_location="cpu", weights_only=False)
     if state["fingerprint"] != spec.fingerprint():
         log.warning("discarding resume state of %s: its config differs from this run's", spec.name)
         return None
@@ -276,27 +295,23 @@ def train_run(spec: RunSpec, dataset: dict, run_dir: str | Path, device: str = "
                mininterval=5.0, smoothing=0.05, disable=not progress)
     last_resume_save = time.monotonic()
     while True:
+        # Saved before this step's log row and checkpoint: a resumed run redoes them, once.
+        if step > 0 and time.monotonic() - last_resume_save >= resume_every_s:
+            _save_resume(resume_dir, spec, step, model, optimizer, batches, rows)
+            last_resume_save = time.monotonic()
         if step in logged:
-            model.eval()
-            train_loss, train_acc = evaluate(model, x_train, y_train, loss_name)
-            test_loss, test_acc = evaluate(model, x_test, y_test, loss_name)
-            model.train()
-            if not math.isfinite(train_loss):
+            try:
+                row = evaluation_row(model, spec, step, (x_train, y_train), (x_test, y_test), loss_name)
+            except NonFiniteLossError:
                 shutil.rmtree(resume_dir, ignore_errors=True)
-                raise NonFiniteLossError(
-                    f"run {spec.name}: the train loss is {train_loss} at step {step}; "
-                    "lower optimizer.lr or check the data"
-                )
-            rows.append({"step": step, "train_loss": train_loss, "train_acc": train_acc,
-                         "test_loss": test_loss, "test_acc": test_acc})
-            bar.set_postfix(train_acc=f"{train_acc:.3f}", test_acc=f"{test_acc:.3f}", refresh=False)
+                raise
+            rows.append(row)
+            bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", test_acc=f"{row['test_acc']:.3f}",
+                            refresh=False)
         if step in checkpoints:
             save_checkpoint(checkpoint_path(staged_checkpoints, step), model, spec, step)
         if step == last_step:
             break
-        if time.monotonic() - last_resume_save >= resume_every_s:
-            _save_resume(resume_dir, spec, step, model, optimizer, batches, rows)
-            last_resume_save = time.monotonic()
 
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg["optimizer"], step)
