@@ -25,6 +25,9 @@ if workflow.overwrite_configfiles:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -35,10 +38,21 @@ include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
 
 
-# Light rules run on the login node under a cluster profile (profiles/slurm); prepare_data
-# may download MNIST, which compute nodes often cannot.
+# Light rules run on the login node under a cluster profile (profiles/slurm): the data subset
+# (it may download MNIST, which compute nodes often cannot) and the aggregation across runs
+# (tables, figures, report pages), each seconds of work that a queued job would only delay.
 localrules:
     prepare_data,
+    tables,
+    detectors,
+    phase_edges,
+    report_table,
+    figure_accuracy,
+    figure_alpha,
+    figure_progress,
+    figure_esd,
+    figure_traps,
+    figure_detector,
 
 
 rule all:

@@ -37,7 +37,7 @@ def copy_workflow(destination: Path) -> Path:
 
 
 def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True,
-              timeout: int = 900) -> subprocess.CompletedProcess:
+              timeout: int = 2400) -> subprocess.CompletedProcess:
     """Run snakemake in ``workdir`` with the smoke config and the offline data root.
 
     ``overrides`` is a nested dict of config changes, e.g. ``{"traps": {"tracy_widom_scale": 2.0}}``,

@@ -1,4 +1,5 @@
-"""Datasets: the stratified MNIST subset of the paper, saved once as a small file for training.
+"""Datasets: the stratified MNIST subset of the paper and modular addition (tokens [a, b, =]),
+each saved once as a small file for training.
 
 A dataset file is a ``torch.save`` dict with tensors ``x_train``, ``y_train``, ``x_test``,
 ``y_test`` (labels as int64), ``num_classes`` and ``meta`` (how it was made).
@@ -6,6 +7,7 @@ A dataset file is a ``torch.save`` dict with tensors ``x_train``, ``y_train``, `
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +48,16 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-def _load_mnist_split(root: Path, train: bool):
+def _load_mnist_split(root: Path, train: bool, download: bool = True):
     import torchvision
 
     try:
-        dataset = torchvision.datasets.MNIST(root=str(root), train=train, download=True)
+        dataset = torchvision.datasets.MNIST(root=str(root), train=train, download=download)
     except Exception as error:  # torchvision raises RuntimeError/URLError depending on version
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         missing = [f for f in MNIST_RAW_FILES if not (root / "MNIST" / "raw" / f).exists()]
         raise DataError(
-            f"MNIST is not under data.root={root} and could not be downloaded ({error}). "
+            f"MNIST is not under data.root={root} and could not be downloaded ({reason}). "
             f"Put the four raw files {', '.join(MNIST_RAW_FILES)} in {root / 'MNIST' / 'raw'} "
             f"(missing: {', '.join(missing) or 'none'}), or set data.root to a folder that has them."
         ) from error
@@ -62,15 +65,15 @@ def _load_mnist_split(root: Path, train: bool):
     return images, dataset.targets.to(torch.int64)
 
 
-def prepare_mnist(root: str | Path, train_size: int, subset_seed: int) -> dict:
+def prepare_mnist(root: str | Path, train_size: int, subset_seed: int, download: bool = True) -> dict:
     """The paper's data: a stratified ``train_size`` subset of the train split, the full test split.
 
     Pixels are scaled to [0, 1] and flattened to 784 features (torchvision's ToTensor, as in the
     authors' notebook); no further normalisation.
     """
     root = Path(root)
-    x_train_full, y_train_full = _load_mnist_split(root, train=True)
-    x_test, y_test = _load_mnist_split(root, train=False)
+    x_train_full, y_train_full = _load_mnist_split(root, train=True, download=download)
+    x_test, y_test = _load_mnist_split(root, train=False, download=download)
     index = stratified_subset(y_train_full.numpy(), train_size, subset_seed)
     return {
         "x_train": x_train_full[index].clone(),
@@ -83,14 +86,46 @@ def prepare_mnist(root: str | Path, train_size: int, subset_seed: int) -> dict:
     }
 
 
+def prepare_modadd(modulus: int, train_fraction: float, split_seed: int) -> dict:
+    """(a + b) mod p on all p^2 pairs, split by a seeded permutation (Nanda et al. 2023).
+
+    Inputs are the token sequences [a, b, =] with '=' the token ``p`` (so the model's vocabulary
+    is p + 1); labels are (a + b) mod p, so ``num_classes`` is p. The split is that of Nanda et
+    al.'s ``gen_train_test``: Python's ``random.Random(split_seed).shuffle`` of the pairs in
+    (a, b) row-major order, the first ``int(train_fraction * p^2)`` for training, the rest test.
+    """
+    if modulus < 2:
+        raise DataError(f"dataset.modulus={modulus}: modular addition needs a modulus >= 2")
+    order = list(range(modulus * modulus))  # pair index a * p + b
+    random.Random(split_seed).shuffle(order)
+    num_train = int(train_fraction * len(order))
+    if not 0 < num_train < len(order):
+        raise DataError(
+            f"dataset.train_fraction={train_fraction} of {len(order)} pairs leaves {num_train} for "
+            "training; choose a fraction that leaves at least one pair in each of train and test"
+        )
+    index = torch.tensor(order, dtype=torch.int64)
+    a, b = index // modulus, index % modulus
+    tokens = torch.stack([a, b, torch.full_like(a, modulus)], dim=1)
+    labels = (a + b) % modulus
+    return {
+        "x_train": tokens[:num_train].clone(),
+        "y_train": labels[:num_train].clone(),
+        "x_test": tokens[num_train:].clone(),
+        "y_test": labels[num_train:].clone(),
+        "num_classes": modulus,
+        "meta": {"dataset": "modadd", "modulus": modulus, "train_fraction": train_fraction,
+                 "split_seed": split_seed, "equals_token": modulus,
+                 "train_indices": order[:num_train]},
+    }
+
+
 def prepare_dataset(dataset_cfg: dict, data_cfg: dict) -> dict:
     """The dataset an experiment names in ``experiments.<name>.dataset``."""
     name = dataset_cfg["name"]
     if name == "mnist":
         return prepare_mnist(data_cfg["root"], data_cfg["train_size"], data_cfg["subset_seed"])
     if name == "modadd":
-        from antigrok.modadd import prepare_modadd
-
         return prepare_modadd(
             modulus=dataset_cfg.get("modulus", 113),
             train_fraction=dataset_cfg.get("train_fraction", 0.3),

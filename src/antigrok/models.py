@@ -3,9 +3,13 @@
 Every weight matrix is an ``nn.Linear`` (or ``nn.Embedding``) so that WeightWatcher and the
 spectral analysis see it under a readable name (``fc1.weight``). Every ReLU is its own module so
 that the progress measures can hook its output.
+
+Models: ``MLP`` (the MNIST experiment) and ``Transformer`` (the modular-addition experiment).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -33,6 +37,124 @@ class MLP(nn.Module):
         return getattr(self, f"fc{self.num_layers}")(x)
 
 
+class Attention(nn.Module):
+    """Multi-head causal self-attention without biases, as Nanda et al.'s ``Attention``.
+
+    Each of ``q``, ``k``, ``v``, ``o`` is ONE fused ``nn.Linear`` over all heads (the heads are
+    row blocks of ``q``, ``k``, ``v`` and column blocks of ``o``): a 128 x 128 matrix has enough
+    eigenvalues for a power-law fit, a 32 x 128 per-head matrix has only 32.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, d_head: int):
+        super().__init__()
+        self.num_heads, self.d_head = num_heads, d_head
+        self.q = nn.Linear(d_model, num_heads * d_head, bias=False)
+        self.k = nn.Linear(d_model, num_heads * d_head, bias=False)
+        self.v = nn.Linear(d_model, num_heads * d_head, bias=False)
+        self.o = nn.Linear(num_heads * d_head, d_model, bias=False)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.d_head).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, num_queries: int) -> torch.Tensor:
+        """The attention output at the last ``num_queries`` positions of ``x`` (batch, pos, d_model)."""
+        length = x.shape[1]
+        query_positions = torch.arange(length - num_queries, length, device=x.device)
+        key_positions = torch.arange(length, device=x.device)
+        queries = self._split_heads(self.q(x[:, length - num_queries:]))
+        keys, values = self._split_heads(self.k(x)), self._split_heads(self.v(x))
+        scores = queries @ keys.transpose(-1, -2) / math.sqrt(self.d_head)
+        future = key_positions[None, :] > query_positions[:, None]
+        pattern = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        mixed = (pattern @ values).transpose(1, 2).flatten(2)  # heads concatenated, as W_O expects
+        return self.o(mixed)
+
+
+class TransformerMLP(nn.Module):
+    """``fc_in -> act (ReLU) -> fc_out`` with biases, as Nanda et al.'s ``MLP``."""
+
+    def __init__(self, d_model: int, d_mlp: int):
+        super().__init__()
+        self.fc_in = nn.Linear(d_model, d_mlp)
+        self.act = nn.ReLU()
+        self.fc_out = nn.Linear(d_mlp, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.act(self.fc_in(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Residual attention then residual MLP; no LayerNorm (Nanda et al. train without it)."""
+
+    def __init__(self, d_model: int, num_heads: int, d_head: int, d_mlp: int):
+        super().__init__()
+        self.attn = Attention(d_model, num_heads, d_head)
+        self.mlp = TransformerMLP(d_model, d_mlp)
+
+    def forward(self, x: torch.Tensor, num_queries: int) -> torch.Tensor:
+        x = x[:, x.shape[1] - num_queries:] + self.attn(x, num_queries)
+        return x + self.mlp(x)
+
+
+class Transformer(nn.Module):
+    """The 1-layer modular-addition transformer of Nanda et al. 2023, readable to WeightWatcher.
+
+    Tokens (batch, n_ctx) int64 -> logits (batch, d_vocab) read from the last position, like
+    their ``model(data)[:, -1]``. Weight matrices: ``embed``, ``pos_embed`` (nn.Embedding),
+    ``blocks.{i}.attn.{q,k,v,o}``, ``blocks.{i}.mlp.fc_in``, ``blocks.{i}.mlp.fc_out``, ``unembed``
+    (nn.Linear); the hidden ReLU is the module ``blocks.{i}.mlp.act``.
+
+    The last block computes only the last position: the logits never depend on the others, so
+    the outputs and gradients are those of the full computation at a third of the MLP's cost,
+    and a hook on the last ReLU sees exactly the activations the answer is computed from.
+    """
+
+    CONFIG_KEYS = ("d_vocab", "n_ctx", "d_model", "num_heads", "d_head", "d_mlp", "num_layers")
+
+    def __init__(self, d_vocab: int, n_ctx: int, d_model: int, num_heads: int, d_head: int,
+                 d_mlp: int, num_layers: int):
+        super().__init__()
+        self.embed = nn.Embedding(d_vocab, d_model)
+        self.pos_embed = nn.Embedding(n_ctx, d_model)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d_model, num_heads, d_head, d_mlp) for _ in range(num_layers)
+        )
+        self.unembed = nn.Linear(d_model, d_vocab, bias=False)
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, model_cfg: dict) -> "Transformer":
+        missing = [key for key in cls.CONFIG_KEYS if key not in model_cfg]
+        if missing:
+            raise ValueError(
+                f"experiments.<name>.model of a transformer lacks {', '.join(missing)}; "
+                f"give all of {', '.join(cls.CONFIG_KEYS)} (d_vocab = modulus + 1 for modadd)"
+            )
+        return cls(**{key: int(model_cfg[key]) for key in cls.CONFIG_KEYS})
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Nanda et al.'s init: every matrix N(0, 1/d_model) except the unembedding, N(0, 1/d_vocab);
+        MLP biases zero (their ``randn(...) / sqrt(d)``, in nn.Linear's (out, in) layout)."""
+        d_model, d_vocab = self.embed.embedding_dim, self.embed.num_embeddings
+        for name, parameter in self.named_parameters():
+            if name.endswith(".bias"):
+                nn.init.zeros_(parameter)
+            elif name == "unembed.weight":
+                nn.init.normal_(parameter, std=d_vocab**-0.5)
+            else:
+                nn.init.normal_(parameter, std=d_model**-0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.embed(tokens) + self.pos_embed(positions)
+        for index, block in enumerate(self.blocks):
+            is_last = index == len(self.blocks) - 1
+            x = block(x, num_queries=1 if is_last else x.shape[1])
+        return self.unembed(x[:, -1])
+
+
 @torch.no_grad()
 def scale_parameters(model: nn.Module, factor: float) -> None:
     """Multiply every parameter, weights and biases, by ``factor`` (the paper's init x8)."""
@@ -53,9 +175,7 @@ def build_model(model_cfg: dict, dtype: str = "float64", seed: int | None = None
         if name == "mlp":
             model = MLP(model_cfg["widths"])
         elif name == "transformer":
-            from antigrok.transformer import build_transformer
-
-            model = build_transformer(model_cfg)
+            model = Transformer.from_config(model_cfg)
         else:
             raise ValueError(f"unknown model {name!r} in experiments.<name>.model.name; known: mlp, transformer")
         scale_parameters(model, model_cfg.get("init_scale", 1.0))

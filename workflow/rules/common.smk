@@ -58,6 +58,19 @@ def dataset_identity(wildcards):
     return dataset
 
 
+def seed_files(filename):
+    """Input function: ``filename`` of every seed of the wildcards' experiment and weight decay."""
+
+    def files(wildcards):
+        seeds = config["experiments"][wildcards.experiment]["seeds"]
+        return [
+            f"{RESULTS}/runs/{wildcards.experiment}/wd{wildcards.weight_decay}/seed{seed}/{filename}"
+            for seed in seeds
+        ]
+
+    return files
+
+
 def training_uses_cuda():
     device = config["train"]["device"]
     if device == "auto":

@@ -1,0 +1,40 @@
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from antigrok.batched import train_runs
+from antigrok.data import load_dataset
+from antigrok.runlog import to_log_file
+from antigrok.train import RunSpec
+
+wc, params = snakemake.wildcards, snakemake.params
+with to_log_file(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    if "SLURM_JOB_ID" in os.environ:  # which allocation and GPU ran these runs, on a cluster
+        logging.getLogger("antigrok").info(
+            "SLURM_JOB_ID=%s CUDA_VISIBLE_DEVICES=%s",
+            os.environ["SLURM_JOB_ID"],
+            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )
+    experiment_cfg = json.loads(params.experiment)
+    specs = [
+        RunSpec(
+            experiment=params.experiment_name,
+            experiment_cfg=experiment_cfg,
+            weight_decay=float(wc.weight_decay),
+            seed=int(seed),
+            checkpoint_per_decade=params.checkpoint_per_decade,
+            log_per_decade=params.log_per_decade,
+        )
+        for seed in params.seeds
+    ]
+    train_runs(
+        specs,
+        load_dataset(snakemake.input.dataset),
+        [Path(path).parent for path in snakemake.output.train_logs],
+        device=params.device,
+        resume_every_s=params.resume_every_s,
+    )
