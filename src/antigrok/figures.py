@@ -167,7 +167,7 @@ def _seed_count(*frames: pd.DataFrame | None) -> int:
 
 
 def run_title(what: str, experiment: str, weight_decay: float | str, seeds: int | None = None) -> str:
-    title = f"{what}: {experiment}, weight decay {weight_decay}"
+    title = f"{what}\n{experiment}, weight decay {weight_decay}"
     if seeds:
         title += f" (mean and min-max over {seeds} seed{'s' if seeds != 1 else ''})"
     return title
@@ -654,7 +654,7 @@ def esd_figure_from_files(spectra, htsr, experiment, weight_decay, average_layer
         rand_esd = [load_spectrum(npz, fits, layer, first, rand=True) for layer in layers]
     title = (
         f"ESD with power-law fit at the last step (left) and W_rand ESD with MP fit at step {first} "
-        f"(right, Fig. 2): {experiment}, weight decay {weight_decay}, seed {seed}"
+        f"(right, Fig. 2)\n{experiment}, weight decay {weight_decay}, seed {seed}"
     )
     save_figure(plot_esd_fits(esd, rand_esd, title), outputs)
 
@@ -698,14 +698,14 @@ def traps_figure_from_files(spectra, htsr, traps, phases, experiment, weight_dec
             for heading, step in examples
         ]
     what = "before the collapse and at the end" if collapsed else "no seed collapses, so not before a collapse"
-    title = f"Correlation Traps in W_rand (Fig. 3), {what}: {experiment}, weight decay {weight_decay}, seed {seed}"
+    title = f"Correlation Traps in W_rand (Fig. 3), {what}\n{experiment}, weight decay {weight_decay}, seed {seed}"
     save_figure(plot_trap_examples(columns, title), outputs)
 
 
 def detector_figure_from_files(detectors, experiment, weight_decay, outputs) -> None:
     frame = pd.read_csv(detectors)
     frame = frame[(frame["experiment"] == experiment) & np.isclose(frame["weight_decay"].astype(float), float(weight_decay))]
-    title = f"Early-warning alarms, lead time before the collapse: {experiment}, weight decay {weight_decay} ({frame['seed'].nunique()} seeds)"
+    title = f"Early-warning alarms, lead time before the collapse\n{experiment}, weight decay {weight_decay} ({frame['seed'].nunique()} seeds)"
     save_figure(plot_detector_leads(frame, title), outputs)
 
 
