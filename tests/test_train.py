@@ -194,3 +194,10 @@ def test_resume_from_a_state_saved_at_a_logged_step_logs_it_once(tmp_path, monke
     assert torch.load(crashed / ".resume" / "state.pt", weights_only=False)["step"] == 100
     train_run(tiny_spec(steps=300), tiny_dataset(), crashed, device="cpu", progress=False)
     assert (crashed / "train_log.csv").read_bytes() == (reference / "train_log.csv").read_bytes()
+
+
+def test_a_model_with_too_few_outputs_is_rejected_naming_the_config(tmp_path):
+    spec = tiny_spec(steps=5)
+    dataset = dict(tiny_dataset(), num_classes=4)
+    with pytest.raises(ValueError, match=r"3 outputs for 4 classes.*experiments.tiny.model"):
+        train_run(spec, dataset, tmp_path, device="cpu", progress=False)

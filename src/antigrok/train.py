@@ -146,6 +146,30 @@ def evaluation_row(model, spec: RunSpec, step: int, train: tuple, test: tuple, l
             "test_loss": test_loss, "test_acc": test_acc}
 
 
+def check_model_fits_data(model, dataset: dict, spec: RunSpec) -> None:
+    """Fail early, naming the config key, when the model cannot read the inputs or emit every class."""
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    if embeddings and not dataset["x_train"].is_floating_point():
+        largest_token = int(max(dataset["x_train"].max(), dataset["x_test"].max()))
+        if largest_token >= embeddings[0].num_embeddings:
+            raise ValueError(
+                f"run {spec.name}: the data has token {largest_token} but the model's vocabulary has "
+                f"{embeddings[0].num_embeddings} tokens; set experiments.{spec.experiment}.model.d_vocab "
+                f"to {largest_token + 1}"
+            )
+    parameter = next(model.parameters())
+    example = dataset["x_train"][:1].to(parameter.device)
+    if example.is_floating_point():
+        example = example.to(parameter.dtype)
+    with torch.no_grad():
+        num_outputs = model(example).shape[-1]
+    if num_outputs < dataset["num_classes"]:
+        raise ValueError(
+            f"run {spec.name}: the model has {num_outputs} outputs for {dataset['num_classes']} classes; "
+            f"widen the last layer in experiments.{spec.experiment}.model"
+        )
+
+
 def make_optimizer(model, optimizer_cfg: dict, weight_decay: float) -> torch.optim.Optimizer:
     if optimizer_cfg["name"] != "adamw":
         raise ValueError(f"unknown optimizer {optimizer_cfg['name']!r}; known: adamw")
@@ -271,6 +295,7 @@ def train_run(spec: RunSpec, dataset: dict, run_dir: str | Path, device: str = "
         x_train, x_test = x_train.to(dtype), x_test.to(dtype)
 
     model = build_model(cfg["model"], cfg.get("dtype", "float64"), seed=spec.seed).to(device)
+    check_model_fits_data(model, dataset, spec)
     optimizer = make_optimizer(model, cfg["optimizer"], spec.weight_decay)
     batches = BatchOrder(len(x_train), cfg["batch_size"], spec.seed)
 
