@@ -1,0 +1,656 @@
+"""HTSR spectral analysis of weight matrices: alpha, the randomized ESD and its MP fit.
+
+One layer at a time, through WeightWatcher 0.7.5.5 (the version the paper used), called as
+the authors call it: ``analyze(randomize=True, fix_fingers='clip_xmax')`` (``mp_fit``,
+``vectors`` and ``detX`` change none of the columns kept here, so they are left off). The
+quantities below are what that call computes, read from its source; an independent engine
+(``htsr.engine: fast``, ``antigrok.fastspectra``) must reproduce them.
+
+Notation: ``W`` is the weight as torch stores it, shape (out, in), float64. WeightWatcher
+writes ``N = max(W.shape)``, ``M = min(W.shape)``, ``Q = N / M >= 1``. Columns ``rows`` and
+``cols`` of htsr.csv are this N and M (not ``W.shape``).
+
+Eigenvalues (``evals``)
+    ``sv = scipy.linalg.svd(W, compute_uv=False)``; ``evals = sort(sv**2)`` (ascending, M
+    values). These are the eigenvalues of ``W^T W``: WeightWatcher's default
+    ``normalize=False`` does NOT divide by N (the paper's Eq. 1 writes X = W^T W / N; alpha,
+    traps and sigma_mp do not depend on that factor, but xmin, xmax, log_norm,
+    log_spectral_norm and max_rand_eval are in these unnormalized units).
+
+Power-law fit (``fix_fingers='clip_xmax'``; WW_powerlaw.WWFit and RMT_Util.fit_clipped_powerlaw)
+    Only ``evals > 1e-5`` enter the fit. ``WWFit(data)``: data sorted; for every candidate
+    xmin = data[i] (all but the largest) the continuous MLE
+    ``alpha_i = 1 + n_i / (sum(log data[i:]) - n_i log data[i])`` with ``n_i = len(data) - i``
+    and the KS distance ``D_i = max |1 - (data[i:]/xmin)^(1-alpha_i) - arange(n_i)/n_i|``
+    (D_i = 1 where alpha_i <= 1); the fit is the i with the smallest D_i; ``xmax = max(data)``.
+    clip_xmax: ``first = WWFit(evals)``; for ``idx = 2..9`` fit ``WWFit(evals[:-idx])``;
+    the first clipped fit with ``alpha + 1.0 < first.alpha`` is taken (``num_fingers = idx - 1``);
+    the loop stops without a clipped fit as soon as a fit has ``alpha <= 2.0``, or after idx 9.
+    ``raw_alpha = first.alpha``. Any exception inside fails the whole fit: a layer with few
+    eigenvalues (the 200x10 output layer: 10) often fails, because the loop reaches a fit of one
+    eigenvalue ("attempt to get argmin of an empty sequence"). ``num_pl_spikes = #(evals >= xmin)`` (all evals),
+    ``pl_ks_distance = D``. With ``fix_fingers=false`` the plain ``WWFit`` is used and here
+    ``raw_alpha = alpha``, ``num_fingers = 0``. A failed fit (WeightWatcher: alpha = -1) is
+    stored as NaN in alpha, raw_alpha, xmin, xmax, pl_ks_distance, num_pl_spikes,
+    alpha_weighted with ``fit_status = "failed: <reason>"``.
+
+Norm metrics
+    ``log_norm = log10(sum(evals))`` (squared Frobenius norm), ``log_spectral_norm =
+    log10(max(evals))``, ``alpha_weighted = alpha * log_spectral_norm``,
+    ``stable_rank = sum(evals) / max(evals)``.
+
+Randomized ESD (``rand_evals``; weightwatcher.random_eigenvalues)
+    The global NumPy RNG is seeded by us with ``layer_seed(run seed, step, layer)`` right
+    before ``analyze`` (nothing before the shuffle draws from it). Per replica:
+    ``w = W.flatten()`` (C order of the (out, in) array), ``np.random.shuffle(w)``,
+    ``W_rand = w.reshape(W.shape)``, ``sv = svd(W_rand)``, eigenvalues ``sv**2``.
+    ``num_replicas = 5`` when M < 100 (e.g. the 200x10 output layer: 50 values), else 1;
+    replicas are drawn one after another from the same RNG stream and their eigenvalues
+    pooled and sorted ascending. That pooled array is ``rand_evals`` (stored in spectra.npz)
+    and ``max_rand_eval = max(rand_evals)``. (WeightWatcher then shuffles once more for its
+    ``rand_distance`` column, unused here.)
+
+MP fit of the randomized ESD (weightwatcher.mp_fit, RMT_Util.fit_density_with_range)
+    Rescale: ``Wscale = sqrt(len(rand_evals)) / sqrt(sum(rand_evals))``,
+    ``x = Wscale**2 * rand_evals`` (mean 1). Fit sigma by ``scipy.optimize.brute`` over
+    ``slice(0.05 s0, 2.0 s0, 0.01 s0)`` with ``s0 = sqrt(max(x) / (1 + Q^-1/2)^2)`` (and the
+    default ``finish=fmin``) of ``resid_mp``: sum of squared residuals between a linear-kernel
+    KDE of x (sklearn KernelDensity, bandwidth 0.1, on ``linspace(0, max(x) + 0.5, 1000)``,
+    keeping grid points with density > 0.01) and the MP density of Q, sigma (residual 1000
+    where the MP edge lambda_+ lies below the KDE peak or beyond the grid, or lambda_- above
+    the peak). For Q == 1 it fits ``sqrt(x)`` to the quarter-circle law instead.
+    ``rand_sigma_mp = sigma`` (in the rescaled units, so ~1 for a random matrix; the paper's
+    sigma_mp). Bulk edge (rescaled) ``lp = (sigma (1 + Q^-1/2))^2``; Tracy-Widom
+    ``TW = Q^-1/2 lp^(2/3) M^(-2/3)``; cut-off ``lp + sqrt(TW)``; WeightWatcher's trap count
+    ``rand_num_spikes = #(x > lp + sqrt(TW))`` -> column ``ww_num_traps``.
+    Columns in eigenvalue units (like ``rand_evals``): ``rand_lambda_plus = lp / Wscale^2``
+    (WeightWatcher's ``rand_bulk_max``), ``rand_tw_term = sqrt(TW) / Wscale^2``,
+    ``rand_tw_cutoff = rand_lambda_plus + rand_tw_term``. antigrok.traps recounts traps from
+    ``rand_evals``, ``rand_sigma_mp``, ``rows``, ``cols`` with these exact operations.
+
+MP KS test (Appendix D; not in WeightWatcher)
+    One-sample KS test (``scipy.stats.kstest``) of the rescaled ``x`` against the closed-form
+    MP CDF (``mp_cdf``) of aspect ratio Q and ``rand_sigma_mp``: ``mp_ks_stat``,
+    ``mp_ks_pvalue``. Same units as the fit, so sigma is WeightWatcher's.
+
+WeightWatcher prints at import and installs a root logging handler and an "ignore all"
+warnings filter; ``_weightwatcher()`` imports it lazily and undoes both. Its own log
+records are captured per call (they give the reason of a failed fit). The global NumPy RNG
+state of the caller is restored after every layer. Not thread-safe (global RNG, stdout):
+parallelism is across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import logging
+import math
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("weightwatcher", "fast")
+# WeightWatcher skips matrices outside these sizes (its min_evals, max_evals, max_N defaults).
+MIN_EVALS = 10
+MAX_EVALS = 15000
+MAX_N = 50000
+
+# The columns of htsr.csv, in order (see README "htsr.csv").
+HTSR_COLUMNS = [
+    "step", "layer", "rows", "cols", "num_evals", "alpha", "raw_alpha", "num_fingers", "xmin", "xmax",
+    "pl_ks_distance", "num_pl_spikes", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank",
+    "fit_status", "rand_sigma_mp", "rand_lambda_plus", "rand_tw_term", "rand_tw_cutoff", "max_rand_eval",
+    "mp_ks_stat", "mp_ks_pvalue", "ww_num_traps", "analysis_seconds",
+]
+# What analyze_layer returns, whichever engine: the per-layer columns and the two spectra.
+LAYER_KEYS = [c for c in HTSR_COLUMNS if c not in ("step", "layer", "analysis_seconds")] + ["evals", "rand_evals"]
+
+_WW_MODULE = None
+# WeightWatcher's messages that say a fit failed but not why.
+_GENERIC_FAILURE_MESSAGES = {"power law fit failed", "power law fit failed, will still attempt plots"}
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def layer_seed(run_seed: int, step: int, layer: str) -> int:
+    """The NumPy seed (0 <= seed < 2**32) of one layer's randomization at one checkpoint."""
+    digest = hashlib.sha256(f"antigrok.htsr:{int(run_seed)}:{int(step)}:{layer}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+# ----------------------------------------------------------------------------- Marchenko-Pastur
+
+
+def mp_edges(Q: float, sigma: float) -> tuple[float, float]:
+    """The MP bulk edges (lambda_minus, lambda_plus) = sigma^2 (1 -+ Q^-1/2)^2 (paper Eq. 3)."""
+    return sigma**2 * (1 - Q**-0.5) ** 2, sigma**2 * (1 + Q**-0.5) ** 2
+
+
+def mp_cdf(x, Q: float, sigma: float = 1.0) -> np.ndarray:
+    """CDF of the Marchenko-Pastur law of aspect ratio ``Q = N/M >= 1`` and scale ``sigma``.
+
+    The density is paper Eq. 3 (WeightWatcher's ``marchenko_pastur_pdf``). Closed form: with
+    ``y = 1/Q``, ``lambda = sigma^2 (1 + y - 2 sqrt(y) cos(theta))``,
+    ``F = (2/pi) [sin(theta)/(2 sqrt y) + (1+y) theta/(4y)
+    - (1-y)/(2y) arctan(sqrt(lambda_+/lambda_-) tan(theta/2))]`` (last term 0 at Q = 1).
+    """
+    if Q < 1:
+        raise ValueError(f"mp_cdf needs Q = N/M >= 1 (N the larger dimension), got Q={Q}")
+    if not sigma > 0:
+        raise ValueError(f"mp_cdf needs sigma > 0, got {sigma}")
+    y = 1.0 / Q
+    lam = np.asarray(x, dtype=np.float64) / sigma**2
+    middle, half_width = 1.0 + y, 2.0 * math.sqrt(y)
+    theta = np.arccos(np.clip((middle - lam) / half_width, -1.0, 1.0))
+    value = np.sin(theta) / (2 * math.sqrt(y)) + (1 + y) * theta / (4 * y)
+    if y < 1.0:
+        edge_ratio = (1 + math.sqrt(y)) / (1 - math.sqrt(y))
+        value = value - (1 - y) / (2 * y) * np.arctan(edge_ratio * np.tan(theta / 2))
+    return np.clip(2.0 / math.pi * value, 0.0, 1.0)
+
+
+def rescale_like_weightwatcher(evals: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(Wscale**2 * evals, Wscale)`` with ``Wscale = sqrt(n) / sqrt(sum(evals))`` (mean 1).
+
+    The exact operations of WeightWatcher's mp_fit, so counts made on the result match its own.
+    """
+    evals = np.asarray(evals, dtype=np.float64)
+    w_scale = np.sqrt(evals.shape[0]) / np.sqrt(np.sum(evals))
+    return (w_scale * w_scale) * evals, w_scale
+
+
+def mp_ks_test(rand_evals: np.ndarray, rows: int, cols: int, sigma) -> tuple[float, float]:
+    """KS statistic and p-value of the randomized ESD against its fitted MP law (Appendix D).
+
+    ``rows``/``cols``: N >= M of the layer (Q = N/M). ``sigma``: ``rand_sigma_mp`` (WeightWatcher's
+    rescaled units), or a mapping holding it under that key. The eigenvalues are rescaled to mean
+    1 exactly as WeightWatcher's MP fit does, so the law tested is the one it fitted.
+    """
+    from scipy import stats
+
+    if isinstance(sigma, Mapping):
+        sigma = sigma["rand_sigma_mp"]
+    sigma = float(sigma)
+    rand_evals = np.asarray(rand_evals, dtype=np.float64)
+    if not (math.isfinite(sigma) and sigma > 0) or len(rand_evals) == 0:
+        return math.nan, math.nan
+    Q = int(rows) / int(cols)
+    rescaled, _ = rescale_like_weightwatcher(rand_evals)
+    result = stats.kstest(rescaled, lambda x: mp_cdf(x, Q, sigma))
+    return float(result.statistic), float(result.pvalue)
+
+
+def tracy_widom_cutoff(rand_evals: np.ndarray, *, rows: int, cols: int, sigma: float,
+                       tracy_widom_scale: float = 1.0) -> dict:
+    """The trap threshold of one randomized ESD, computed as WeightWatcher's mp_fit does.
+
+    ``rows``/``cols`` are N >= M. Returns the rescaled eigenvalues and threshold (where the
+    count is made, as in WeightWatcher) and the edge, TW term and threshold in eigenvalue units.
+    """
+    N, M = int(rows), int(cols)
+    Q = N / M
+    rescaled, w_scale = rescale_like_weightwatcher(rand_evals)
+    bulk_max = (sigma * (1 + 1 / np.sqrt(Q))) ** 2
+    tw = 1 / np.sqrt(Q) * np.power(bulk_max, 2 / 3) * np.power(M, -2 / 3)
+    cutoff = bulk_max + tracy_widom_scale * np.sqrt(tw)
+    unit = w_scale * w_scale
+    return {
+        "rescaled": rescaled,
+        "rescaled_cutoff": cutoff,
+        "lambda_plus": float(bulk_max / unit),
+        "tw_term": float(np.sqrt(tw) / unit),
+        "cutoff": float(cutoff / unit),
+    }
+
+
+# ----------------------------------------------------------------------------- WeightWatcher
+
+
+def _weightwatcher():
+    """The weightwatcher module, imported once without touching logging, warnings or stdout.
+
+    At import it calls ``logging.basicConfig`` (a root handler), ``warnings.simplefilter
+    ("ignore")`` and logs to stderr; all of that is undone or captured here.
+    """
+    global _WW_MODULE
+    if _WW_MODULE is not None:
+        return _WW_MODULE
+    ww_logger = logging.getLogger("weightwatcher")
+    ww_logger.propagate = False  # its records never reach the root logger (job logs stay clean)
+    if not any(isinstance(h, logging.NullHandler) for h in ww_logger.handlers):
+        ww_logger.addHandler(logging.NullHandler())  # and never Python's last-resort stderr handler
+    root = logging.getLogger()
+    root_handlers, root_level = root.handlers[:], root.level
+    mpl_logger = logging.getLogger("matplotlib")
+    mpl_level = mpl_logger.level
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            import weightwatcher
+    finally:
+        root.handlers[:] = root_handlers
+        root.setLevel(root_level)
+        mpl_logger.setLevel(mpl_level)
+    if weightwatcher.__version__ != "0.7.5.5":
+        log.warning("weightwatcher %s is installed; the paper and these numbers use 0.7.5.5",
+                    weightwatcher.__version__)
+    log.debug("imported weightwatcher %s; its import output: %r", weightwatcher.__version__, sink.getvalue())
+    _WW_MODULE = weightwatcher
+    return weightwatcher
+
+
+class _RecordHandler(logging.Handler):
+    """Keeps WeightWatcher's warnings of one call (the reason a fit failed)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@functools.lru_cache(maxsize=1)
+def _recording_watcher_class(weightwatcher):
+    """A WeightWatcher that keeps the eigenvalues and randomized eigenvalues it computes.
+
+    analyze() does not return them; recording them is exact where recomputing is not.
+    """
+
+    class RecordingWatcher(weightwatcher.WeightWatcher):
+        recorded: dict = {}
+
+        def apply_esd(self, ww_layer, params=None):
+            result = super().apply_esd(ww_layer, params)
+            self.recorded["evals"] = np.array(ww_layer.evals, dtype=np.float64)
+            return result
+
+        def apply_random_esd(self, ww_layer, params=None):
+            result = super().apply_random_esd(ww_layer, params)
+            self.recorded["rand_evals"] = np.array(ww_layer.rand_evals, dtype=np.float64)
+            return result
+
+    return RecordingWatcher
+
+
+def _unanalyzable(shape) -> str:
+    """Why WeightWatcher would skip a matrix of this shape ("" if it analyzes it)."""
+    if min(shape) < MIN_EVALS:
+        return f"has fewer than {MIN_EVALS} eigenvalues; WeightWatcher does not analyze it"
+    if min(shape) > MAX_EVALS or max(shape) > MAX_N:
+        return (f"is larger than WeightWatcher analyzes (min dimension <= {MAX_EVALS}, "
+                f"max dimension <= {MAX_N})")
+    return ""
+
+
+def _check_weight(weight) -> np.ndarray:
+    weight = np.asarray(weight)
+    if weight.ndim != 2:
+        raise ValueError(f"expected a 2-D weight matrix, got shape {weight.shape}")
+    reason = _unanalyzable(weight.shape)
+    if reason:
+        raise ValueError(f"weight of shape {weight.shape} {reason}")
+    weight = weight.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(weight)):
+        raise ValueError(f"weight of shape {weight.shape} has NaN or infinite entries")
+    return weight
+
+
+def _finite_or_nan(value) -> float:
+    """WeightWatcher's -1 (not computed / failed) and non-finite values as NaN."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value if math.isfinite(value) and value != -1 else math.nan
+
+
+def analyze_layer_ww(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax") -> dict:
+    """One layer through WeightWatcher 0.7.5.5 with the global NumPy RNG seeded by ``seed``.
+
+    ``weight`` (out, in) as torch stores it. Returns the keys of ``LAYER_KEYS``.
+    """
+    weight = _check_weight(weight)
+    watcher_class = _recording_watcher_class(_weightwatcher())
+    ww_logger = logging.getLogger("weightwatcher")
+    recorder = _RecordHandler()
+    ww_logger.addHandler(recorder)
+    rng_state = np.random.get_state()
+    stdout = io.StringIO()
+    try:
+        np.random.seed(seed)
+        watcher = watcher_class(model={"W.weight": weight})
+        watcher.recorded = {}
+        with warnings.catch_warnings(), contextlib.redirect_stdout(stdout):
+            warnings.simplefilter("ignore")  # log10(0) and friends on degenerate spectra: NaN follows
+            details = watcher.analyze(randomize=True, fix_fingers=fix_fingers or False, plot=False,
+                                      savefig=False)
+    finally:
+        np.random.set_state(rng_state)
+        ww_logger.removeHandler(recorder)
+    if stdout.getvalue():
+        log.debug("weightwatcher printed: %s", stdout.getvalue().strip())
+    if len(details) != 1:
+        raise RuntimeError(f"WeightWatcher analyzed {len(details)} layers of a {weight.shape} matrix, expected 1")
+    row = details.iloc[0]
+    return _layer_result(row, watcher.recorded, fix_fingers, recorder.messages)
+
+
+def _layer_result(row: pd.Series, recorded: dict, fix_fingers, messages: list[str]) -> dict:
+    N, M = int(row["N"]), int(row["M"])
+    alpha = _finite_or_nan(row.get("alpha"))
+    fit_ok = row.get("status") == "success" and math.isfinite(alpha)
+    if fit_ok:
+        fit_status = "ok"
+    else:
+        reasons = [m for m in messages if m.lower() not in _GENERIC_FAILURE_MESSAGES]
+        reason = "; ".join(dict.fromkeys(reasons)) or "no reason given"
+        fit_status = f"failed: WeightWatcher's power-law fit failed ({reason})"
+
+    def fit_value(key):
+        return _finite_or_nan(row.get(key)) if fit_ok else math.nan
+
+    evals = recorded["evals"]
+    rand_evals = recorded.get("rand_evals", np.array([]))
+    sigma = _finite_or_nan(row.get("rand_sigma_mp"))
+    if math.isfinite(sigma) and len(rand_evals):
+        cut = tracy_widom_cutoff(rand_evals, rows=N, cols=M, sigma=sigma)
+        tw_term, lambda_plus = cut["tw_term"], _finite_or_nan(row.get("rand_bulk_max"))
+        ww_traps = int(row["rand_num_spikes"])
+    else:
+        log.warning("MP fit of the randomized ESD failed (%s); its columns are NaN", "; ".join(messages) or "no reason given")
+        tw_term = lambda_plus = math.nan
+        ww_traps = math.nan
+    ks_stat, ks_pvalue = mp_ks_test(rand_evals, N, M, sigma)
+    clipped = fix_fingers == "clip_xmax"
+    return {
+        "rows": N,
+        "cols": M,
+        "num_evals": int(row["num_evals"]),
+        "alpha": alpha if fit_ok else math.nan,
+        "raw_alpha": fit_value("raw_alpha") if clipped else (alpha if fit_ok else math.nan),
+        "num_fingers": int(row["num_fingers"]) if clipped and fit_ok else (0 if fit_ok else math.nan),
+        "xmin": fit_value("xmin"),
+        "xmax": fit_value("xmax"),
+        "pl_ks_distance": fit_value("D"),
+        "num_pl_spikes": int(row["num_pl_spikes"]) if fit_ok else math.nan,
+        "alpha_weighted": fit_value("alpha_weighted"),
+        "log_norm": _finite_or_nan(row.get("log_norm")),
+        "log_spectral_norm": _finite_or_nan(row.get("log_spectral_norm")),
+        "stable_rank": _finite_or_nan(row.get("stable_rank")),
+        "fit_status": fit_status,
+        "rand_sigma_mp": sigma,
+        "rand_lambda_plus": lambda_plus,
+        "rand_tw_term": tw_term,
+        "rand_tw_cutoff": lambda_plus + tw_term,
+        "max_rand_eval": _finite_or_nan(row.get("max_rand_eval")),
+        "mp_ks_stat": ks_stat,
+        "mp_ks_pvalue": ks_pvalue,
+        "ww_num_traps": ww_traps,
+        "evals": evals,
+        "rand_evals": rand_evals,
+    }
+
+
+# Columns where WeightWatcher's convention writes -1 for "failed / not computed".
+_FAILURE_CODED_KEYS = [key for key in LAYER_KEYS if key not in ("rows", "cols", "num_evals", "fit_status", "evals",
+                                                                "rand_evals", "log_norm", "log_spectral_norm")]
+
+
+def _without_minus_one(result: dict) -> dict:
+    """An engine's result with -1 (failed) as NaN: never a -1 in any output."""
+    result = dict(result)
+    for key in _FAILURE_CODED_KEYS:
+        value = result[key]
+        if value is None or (isinstance(value, (int, float, np.number)) and (value == -1 or not np.isfinite(value))):
+            result[key] = math.nan
+    return result
+
+
+def analyze_layer(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax", engine: str = "weightwatcher") -> dict:
+    """HTSR metrics of one weight matrix (out, in), float64: every htsr.csv column but
+    step, layer and analysis_seconds, plus the arrays ``evals`` and ``rand_evals``.
+
+    ``engine``: ``weightwatcher`` (the reference) or ``fast`` (antigrok.fastspectra, which
+    must return the same). ``seed`` seeds the randomization (see ``layer_seed``).
+    """
+    if fix_fingers not in ("clip_xmax", False, None):
+        raise ValueError(f"fix_fingers must be 'clip_xmax' or false, got {fix_fingers!r}")
+    fix_fingers = fix_fingers or False
+    if engine == "weightwatcher":
+        return analyze_layer_ww(weight, seed=seed, fix_fingers=fix_fingers)
+    if engine == "fast":
+        from antigrok.fastspectra import analyze_layer_fast
+
+        result = analyze_layer_fast(_check_weight(weight), seed=seed, fix_fingers=fix_fingers)
+        missing = [key for key in LAYER_KEYS if key not in result]
+        if missing:
+            raise RuntimeError(f"htsr engine 'fast' returned no {missing}; it must return {LAYER_KEYS}")
+        return _without_minus_one(result)
+    raise ValueError(f"unknown htsr.engine {engine!r}; known: {', '.join(ENGINES)}")
+
+
+# ----------------------------------------------------------------------------- state dicts
+
+
+def weight_matrices(state_dict: Mapping) -> dict[str, np.ndarray]:
+    """The analyzable weight matrices of a state_dict, by layer name (``fc1.weight`` -> ``fc1``).
+
+    Every 2-D floating tensor or array with at least ``MIN_EVALS`` rows and columns, embeddings
+    included; biases and other 1-D tensors are skipped, and so are (with a log line) matrices
+    too small for WeightWatcher and tensors of more than 2 dimensions.
+    """
+    matrices = {}
+    for key, value in state_dict.items():
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+            if array.ndim > 2:
+                log.info("skipping %s: a %d-D tensor (only 2-D weight matrices are analyzed)", key, array.ndim)
+            continue
+        reason = _unanalyzable(array.shape)
+        if reason:
+            log.info("skipping %s: shape %s %s", key, tuple(array.shape), reason)
+            continue
+        name = key[: -len(".weight")] if key.endswith(".weight") else key
+        matrices[name] = array.astype(np.float64)
+    return matrices
+
+
+def analyze_weights(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: int, fix_fingers="clip_xmax",
+                    engine: str = "weightwatcher") -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Rows of htsr.csv (one per matrix) and the spectra.npz arrays of one checkpoint."""
+    rows, arrays = [], {}
+    for layer, weight in matrices.items():
+        start = time.perf_counter()
+        result = analyze_layer(weight, seed=layer_seed(run_seed, step, layer), fix_fingers=fix_fingers,
+                               engine=engine)
+        seconds = time.perf_counter() - start
+        arrays[spectrum_key("evals", layer, step)] = np.sort(np.asarray(result["evals"], dtype=np.float64))
+        arrays[spectrum_key("rand_evals", layer, step)] = np.sort(np.asarray(result["rand_evals"], dtype=np.float64))
+        row = {key: result[key] for key in LAYER_KEYS if key not in ("evals", "rand_evals")}
+        rows.append({"step": step, "layer": layer, **row, "analysis_seconds": seconds})
+    return rows, arrays
+
+
+INTEGER_COLUMNS = ["step", "rows", "cols", "num_evals", "num_fingers", "num_pl_spikes", "ww_num_traps"]
+
+
+def htsr_table(rows: list[dict]) -> pd.DataFrame:
+    """htsr.csv rows as a DataFrame: its columns in order, counts as integers (missing if failed)."""
+    table = pd.DataFrame(rows, columns=HTSR_COLUMNS)
+    for column in INTEGER_COLUMNS:
+        table[column] = pd.to_numeric(table[column]).astype("Int64")
+    return table
+
+
+def spectrum_key(kind: str, layer: str, step: int) -> str:
+    """Key of one spectrum in spectra.npz: ``evals/fc1/000001000`` or ``rand_evals/fc1/...``."""
+    return f"{kind}/{layer}/{int(step):09d}"
+
+
+def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xmax", engine: str = "weightwatcher",
+                       step: int = 0) -> pd.DataFrame:
+    """HTSR metrics of a model's weights, no data needed: one row per analyzable 2-D weight.
+
+    Columns: htsr.csv's, plus ``num_traps`` (Correlation Traps at Tracy-Widom scale 1.0).
+    ``seed`` and ``step`` pick the randomization as the workflow does for (run seed, step),
+    so a checkpoint analyzed here gives the row of its run's htsr.csv.
+    """
+    matrices = weight_matrices(state_dict)
+    if not matrices:
+        raise ValueError(f"no 2-D weight matrix with at least {MIN_EVALS} rows and columns in the state_dict "
+                         f"(keys: {', '.join(list(state_dict)[:8])}{', ...' if len(state_dict) > 8 else ''})")
+    rows, arrays = analyze_weights(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine)
+    table = htsr_table(rows)
+    from antigrok.traps import compute_traps
+
+    traps = compute_traps(table, arrays, tracy_widom_scale=1.0)
+    table["num_traps"] = traps["num_traps"].to_numpy()
+    return table
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_files(checkpoints: str | Path | Iterable) -> list[Path]:
+    """The ``*.pt`` files of a folder (sorted), or the given list of files."""
+    if isinstance(checkpoints, (str, Path)) and Path(checkpoints).is_dir():
+        files = sorted(Path(checkpoints).glob("*.pt"))
+        if not files:
+            raise FileNotFoundError(f"{checkpoints}: no *.pt checkpoint files in this folder")
+        return files
+    if isinstance(checkpoints, (str, Path)):
+        return [Path(checkpoints)]
+    return [Path(path) for path in checkpoints]
+
+
+def analyze_checkpoint(path: str | Path, run_seed: int | None = None, fix_fingers="clip_xmax",
+                       engine: str = "weightwatcher") -> tuple[list[dict], dict[str, np.ndarray], float]:
+    """htsr rows, spectra arrays and seconds taken for one checkpoint file.
+
+    ``run_seed`` None: the checkpoint's own ``seed`` (0 if it has none).
+    """
+    from antigrok.train import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    step = checkpoint.get("step")
+    step = 0 if step is None else int(step)
+    if run_seed is None:
+        run_seed = int(checkpoint.get("seed", 0) or 0)
+    matrices = weight_matrices(checkpoint["model"])
+    if not matrices:
+        raise ValueError(f"{path}: holds no 2-D weight matrix with at least {MIN_EVALS} rows and columns")
+    start = time.perf_counter()
+    rows, arrays = analyze_weights(matrices, run_seed=run_seed, step=step, fix_fingers=fix_fingers, engine=engine)
+    return rows, arrays, time.perf_counter() - start
+
+
+def _limit_worker_threads() -> None:
+    """One BLAS / torch thread per process: the parallelism is the processes themselves."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # threadpoolctl comes with scikit-learn (a WeightWatcher dependency)
+        pass
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def analyze_checkpoints(checkpoints, run_seed: int | None = None, fix_fingers="clip_xmax",
+                        engine: str = "weightwatcher", threads: int = 1,
+                        progress: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Every checkpoint of a folder (or list): the htsr.csv table and the spectra.npz arrays.
+
+    ``threads`` > 1 analyzes that many checkpoints at once in worker processes. Results do
+    not depend on ``threads`` (every layer has its own seed). The log gets one line per checkpoint.
+    """
+    from tqdm import tqdm
+
+    files = checkpoint_files(checkpoints)
+    all_rows, all_arrays = [], {}
+
+    def collect(path, rows, arrays, seconds):
+        all_rows.extend(rows)
+        all_arrays.update(arrays)
+        step = rows[0]["step"] if rows else "?"
+        log.info("analyzed %s (step %s): %d layers in %.2f s", Path(path).name, step, len(rows), seconds)
+
+    bar = tqdm(total=len(files), desc="htsr", unit="checkpoint", disable=not progress, mininterval=2.0)
+    if threads <= 1 or len(files) <= 1:
+        for path in files:
+            collect(path, *analyze_checkpoint(path, run_seed, fix_fingers, engine))
+            bar.update(1)
+    else:
+        import multiprocessing
+
+        if engine == "weightwatcher":
+            _weightwatcher()  # imported once here (~4 s), inherited by the forked workers
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        with ProcessPoolExecutor(max_workers=min(threads, len(files)), mp_context=context,
+                                 initializer=_limit_worker_threads) as pool:
+            futures = {pool.submit(analyze_checkpoint, path, run_seed, fix_fingers, engine): path for path in files}
+            for future in as_completed(futures):
+                collect(futures[future], *future.result())
+                bar.update(1)
+    bar.close()
+    table = htsr_table(all_rows)
+    layer_order = {layer: index for index, layer in enumerate(dict.fromkeys(table["layer"]))}
+    table = table.sort_values(["step", "layer"], key=lambda c: c.map(layer_order) if c.name == "layer" else c,
+                              kind="stable").reset_index(drop=True)
+    return table, all_arrays
+
+
+def save_spectra(arrays: Mapping[str, np.ndarray], path: str | Path) -> None:
+    """Write spectra.npz (compressed), atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as stream:
+        np.savez_compressed(stream, **{key: arrays[key] for key in sorted(arrays)})
+    tmp.replace(path)
+
+
+def load_spectra(path: str | Path) -> dict[str, np.ndarray]:
+    """spectra.npz as a dict ``{"evals/fc1/000001000": array, ...}``."""
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def read_htsr(path: str | Path) -> pd.DataFrame:
+    """htsr.csv with floats read back bit-exactly (trap counts are recomputed from them)."""
+    if int(pd.__version__.split(".")[0]) >= 3:
+        return pd.read_csv(path)  # round-trip exact by default; the option is deprecated
+    return pd.read_csv(path, float_precision="round_trip")
+
+
+def write_spectra(checkpoint_dir: str | Path, htsr_csv: str | Path, spectra_npz: str | Path, run_seed: int,
+                  fix_fingers="clip_xmax", engine: str = "weightwatcher", threads: int = 1) -> pd.DataFrame:
+    """The rule ``spectra``: analyze a run's checkpoints, write htsr.csv and spectra.npz."""
+    start = time.perf_counter()
+    table, arrays = analyze_checkpoints(checkpoint_dir, run_seed=run_seed, fix_fingers=fix_fingers,
+                                        engine=engine, threads=threads)
+    save_spectra(arrays, spectra_npz)
+    htsr_csv = Path(htsr_csv)
+    tmp = htsr_csv.with_name(htsr_csv.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(htsr_csv)
+    failed = table[table["fit_status"] != "ok"]
+    if len(failed):
+        log.warning("%d of %d power-law fits failed (alpha stored as NaN): %s", len(failed), len(table),
+                    ", ".join(f"step {r.step} {r.layer}" for r in failed.itertuples()))
+    log.info("spectra of %d checkpoints x %d layers (engine %s, %d threads) in %.1f s",
+             table["step"].nunique(), table["layer"].nunique(), engine, threads, time.perf_counter() - start)
+    return table

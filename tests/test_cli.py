@@ -1,0 +1,103 @@
+"""The ``antigrok analyze`` command: tables for checkpoints and folders, one-line errors."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from antigrok import cli, htsr
+
+
+def save_checkpoint(path: Path, step: int = 10, seed: int = 2, rows: int = 16) -> Path:
+    rng = np.random.default_rng(step)
+    model = {"fc1.weight": torch.tensor(rng.standard_normal((rows, 24))), "fc1.bias": torch.zeros(rows),
+             "fc2.weight": torch.tensor(rng.standard_normal((12, rows)))}
+    torch.save({"format": "antigrok.checkpoint/1", "step": step, "model": model, "seed": seed}, path)
+    return path
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("antigrok analyze: error:")]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("checkpoints")
+    save_checkpoint(folder / "step000000010.pt", step=10)
+    save_checkpoint(folder / "step000000020.pt", step=20)
+    return folder
+
+
+def test_folder_gives_one_row_per_checkpoint_and_layer(checkpoint_dir, tmp_path, capsys):
+    out = tmp_path / "out" / "htsr.csv"
+    assert cli.main(["analyze", str(checkpoint_dir), "-o", str(out), "-q"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["path"] + htsr.HTSR_COLUMNS + ["num_traps"]
+    assert list(zip(table["step"], table["layer"])) == [(10, "fc1"), (10, "fc2"), (20, "fc1"), (20, "fc2")]
+    assert table["path"].str.endswith(".pt").all()
+    assert (table["fit_status"] == "ok").all()
+    # Without --seed the checkpoint's own run seed is used: the rows are its run's htsr.csv rows.
+    checkpoint = torch.load(checkpoint_dir / "step000000020.pt")
+    expected = htsr.analyze_state_dict(checkpoint["model"], seed=2, step=20)
+    assert table.loc[table["step"] == 20, "rand_sigma_mp"].tolist() == pytest.approx(
+        expected["rand_sigma_mp"].tolist(), rel=1e-12)
+    assert "wrote 4 rows" in capsys.readouterr().err
+
+
+def test_seed_option_changes_the_shuffle_and_stdout_gets_the_csv(checkpoint_dir, capsys):
+    path = str(checkpoint_dir / "step000000010.pt")
+    assert cli.main(["analyze", path, "--seed", "7", "-q"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    expected = htsr.analyze_state_dict(torch.load(path)["model"], seed=7, step=10)
+    assert table["max_rand_eval"].tolist() == pytest.approx(expected["max_rand_eval"].tolist(), rel=1e-12)
+    assert table["alpha"].tolist() == pytest.approx(expected["alpha"].tolist(), rel=1e-12)
+
+
+def test_bad_files_get_one_error_line_and_a_nonzero_exit(checkpoint_dir, tmp_path, capsys):
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("hello")
+    no_matrices = tmp_path / "biases.pt"
+    torch.save({"step": 1, "model": {"fc.bias": torch.zeros(10), "fc.weight": torch.zeros(10, 3)}}, no_matrices)
+    empty_folder = tmp_path / "empty"
+    empty_folder.mkdir()
+    out = tmp_path / "partial.csv"
+    good = checkpoint_dir / "step000000010.pt"
+    code = cli.main(["analyze", str(not_a_checkpoint), str(good), str(no_matrices), str(empty_folder),
+                     str(tmp_path / "missing.pt"), "-o", str(out), "-q"])
+    assert code == 1
+    err = capsys.readouterr().err
+    lines = error_lines(err)
+    assert len(lines) == 4, err
+    assert any("notes.pt: not a torch checkpoint" in line for line in lines)
+    assert any("biases.pt" in line and "no 2-D weight matrix" in line for line in lines)
+    assert any("empty: folder holds no *.pt" in line for line in lines)
+    assert any("missing.pt: no such file" in line for line in lines)
+    assert "Traceback" not in err
+    assert pd.read_csv(out)["path"].unique().tolist() == [str(good)]  # the good file is still analyzed
+
+
+def test_console_script_exits_nonzero_without_a_traceback(tmp_path):
+    not_a_checkpoint = tmp_path / "model.pt"
+    not_a_checkpoint.write_bytes(b"\x00\x01 not a zip")
+    script = Path(sys.executable).parent / "antigrok"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "antigrok.cli"]
+    result = subprocess.run([*command, "analyze", str(not_a_checkpoint)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert len(error_lines(result.stderr)) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["analyze"])
+    assert exit_info.value.code == 2
+    assert "PATH" in capsys.readouterr().err

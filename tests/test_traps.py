@@ -1,0 +1,157 @@
+"""Correlation Traps (antigrok.traps): WeightWatcher's count at scale 1, thresholds, files, and a
+threshold change that reruns only the traps rule."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from antigrok import htsr, traps
+from conftest import snakemake
+
+
+def gaussian(rows=100, cols=200, seed=0):
+    return np.random.default_rng(seed).standard_normal((rows, cols))
+
+
+def mean_shift(weight, strength):
+    """A rank-one spike of singular value ``strength`` that survives shuffling (constant shift)."""
+    return weight + strength / np.sqrt(weight.size)
+
+
+def heavy_tailed(rows=100, cols=200, seed=0):
+    """Entries of a Student t with 1.5 degrees of freedom: a few huge entries, several traps."""
+    return np.random.default_rng(seed).standard_t(1.5, size=(rows, cols))
+
+
+@pytest.fixture(scope="module")
+def spectra_files(tmp_path_factory):
+    """htsr.csv and spectra.npz of two checkpoints whose layers have 0, 1 and several traps."""
+    folder = tmp_path_factory.mktemp("traps_run")
+    checkpoints = folder / "checkpoints"
+    checkpoints.mkdir()
+    layers = {
+        0: {"plain": gaussian(seed=0), "spike": mean_shift(gaussian(seed=1), 60.0), "heavy": heavy_tailed(seed=2)},
+        # A spike near the detection threshold (N M)^(1/4) ~ 12: a count decided at the margin.
+        5: {"plain": gaussian(seed=3), "spike": mean_shift(gaussian(seed=4), 16.0), "heavy": heavy_tailed(seed=5)},
+    }
+    for step, weights in layers.items():
+        model = {f"{name}.weight": torch.tensor(w) for name, w in weights.items()}
+        torch.save({"step": step, "model": model, "seed": 4}, checkpoints / f"step{step:09d}.pt")
+    htsr.write_spectra(checkpoints, folder / "htsr.csv", folder / "spectra.npz", run_seed=4)
+    return folder
+
+
+def test_scale_one_equals_weightwatchers_count_exactly(spectra_files):
+    table = traps.write_traps(spectra_files / "htsr.csv", spectra_files / "spectra.npz",
+                              spectra_files / "traps.csv", tracy_widom_scale=1.0)
+    assert list(table.columns) == traps.TRAPS_COLUMNS
+    stats = htsr.read_htsr(spectra_files / "htsr.csv")
+    assert table["num_traps"].tolist() == stats["ww_num_traps"].tolist()
+    counts = dict(zip(zip(table["step"], table["layer"]), table["num_traps"]))
+    assert counts[(0, "plain")] == 0 and counts[(0, "spike")] == 1 and counts[(0, "heavy")] > 1
+    # The file, read back, says the same; the trap eigenvalues are the largest, descending.
+    written = pd.read_csv(spectra_files / "traps.csv", keep_default_na=False)
+    assert written["num_traps"].tolist() == stats["ww_num_traps"].tolist()
+    spectra = htsr.load_spectra(spectra_files / "spectra.npz")
+    for row in written.itertuples():
+        values = [float(v) for v in row.trap_eigenvalues.split(";")] if row.trap_eigenvalues else []
+        assert len(values) == row.num_traps
+        assert values == sorted(values, reverse=True)
+        rand_evals = spectra[f"rand_evals/{row.layer}/{row.step:09d}"]
+        assert values == pytest.approx(sorted(rand_evals, reverse=True)[: row.num_traps], rel=1e-9)
+        assert all(v > row.trap_threshold for v in values)
+    # Scale 1 is htsr.csv's cut-off: lambda_+ plus one Tracy-Widom term.
+    assert table["trap_threshold"].to_numpy() == pytest.approx(stats["rand_tw_cutoff"].to_numpy(), rel=1e-12)
+    assert table["rand_lambda_plus"].to_numpy() == pytest.approx(stats["rand_lambda_plus"].to_numpy(), rel=1e-12)
+
+
+def test_larger_scale_fewer_traps_scale_zero_is_the_bulk_edge(spectra_files):
+    stats = htsr.read_htsr(spectra_files / "htsr.csv")
+    spectra = htsr.load_spectra(spectra_files / "spectra.npz")
+    by_scale = {scale: traps.compute_traps(stats, spectra, scale) for scale in (0.0, 1.0, 3.0, 1e6)}
+    for lower, higher in [(0.0, 1.0), (1.0, 3.0), (3.0, 1e6)]:
+        assert (by_scale[lower]["num_traps"] >= by_scale[higher]["num_traps"]).all()
+    assert by_scale[0.0]["trap_threshold"].to_numpy() == pytest.approx(stats["rand_lambda_plus"].to_numpy())
+    assert (by_scale[1e6]["num_traps"] == 0).all()
+    assert (by_scale[3.0]["tracy_widom_scale"] == 3.0).all()
+    with pytest.raises(ValueError, match="tracy_widom_scale"):
+        traps.count_traps(np.ones(10), rows=20, cols=10, sigma=1.0, tracy_widom_scale=-1)
+
+
+def test_failed_mp_fit_gives_a_missing_count_not_zero():
+    result = traps.count_traps(np.linspace(1, 2, 20), rows=40, cols=20, sigma=math.nan)
+    assert result["num_traps"] is pd.NA and math.isnan(result["trap_threshold"])
+    stats = pd.DataFrame({"step": [0], "layer": ["fc1"], "rows": [40], "cols": [20], "rand_sigma_mp": [math.nan]})
+    table = traps.compute_traps(stats, {"rand_evals/fc1/000000000": np.linspace(1, 2, 20)}, 1.0)
+    assert table["num_traps"].isna().all() and str(table["num_traps"].dtype) == "Int64"
+    assert table["trap_eigenvalues"].tolist() == [""]
+
+
+def test_missing_spectrum_is_an_error_that_says_what_to_do():
+    stats = pd.DataFrame({"step": [3], "layer": ["fc1"], "rows": [40], "cols": [20], "rand_sigma_mp": [1.0]})
+    with pytest.raises(KeyError, match="rand_evals/fc1/000000003.*rerun the spectra rule"):
+        traps.compute_traps(stats, {}, 1.0)
+
+
+# --------------------------------------------------------------------------- the workflow
+
+
+def dry_run_jobs(output: str) -> dict[str, int]:
+    """The ``Job stats`` table of ``snakemake -n`` as {rule: count}; {} when nothing is to be done."""
+    if "Job stats:" not in output:
+        assert "Nothing to be done" in output, output[-3000:]
+        return {}
+    jobs = {}
+    for line in output.split("Job stats:", 1)[1].splitlines():
+        match = re.match(r"^\s*(\S+)\s+(\d+)\s*$", line)
+        if match and match.group(1) == "total":
+            break
+        if match:
+            jobs[match.group(1)] = int(match.group(2))
+    return jobs
+
+
+@pytest.mark.slow
+def test_smoke_traps_reproduce_weightwatcher_on_real_checkpoints(smoke_workdir):
+    runs = sorted(smoke_workdir.glob("results/runs/*/*/*"))
+    assert runs
+    for run in runs:
+        stats = htsr.read_htsr(run / "htsr.csv")
+        table = pd.read_csv(run / "traps.csv")
+        assert list(stats.columns) == htsr.HTSR_COLUMNS
+        assert list(table.columns) == traps.TRAPS_COLUMNS
+        layers = list(dict.fromkeys(stats["layer"]))
+        if "mnist_mlp" in run.parts:
+            assert layers == ["fc1", "fc2", "fc3"]
+        assert len(table) == len(stats) == len(layers) * len(list((run / "checkpoints").glob("*.pt")))
+        assert np.array_equal(table["num_traps"].to_numpy(dtype=float), stats["ww_num_traps"].to_numpy(dtype=float),
+                              equal_nan=True)
+        assert not (stats.select_dtypes("number") == -1).any().any()
+        assert (stats.loc[stats["fit_status"] != "ok", "alpha"].isna()).all()
+        with np.load(run / "spectra.npz") as spectra:
+            assert len(spectra.files) == 2 * len(stats)
+    log = (smoke_workdir / "logs" / "spectra" / "mnist_mlp" / "wd0.0" / "seed0.log").read_text()
+    assert re.search(r"analyzed step000002000\.pt \(step 2000\): 3 layers in [\d.]+ s", log)
+    # WeightWatcher's import-time chatter stays out of the job log.
+    assert "CUDA is not" not in log and "svd accurate methods" not in log
+
+
+@pytest.mark.slow
+def test_threshold_changes_rerun_only_what_reads_them(smoke_workdir):
+    num_runs = len(list(smoke_workdir.glob("results/runs/*/*/*")))
+    assert dry_run_jobs(snakemake(smoke_workdir, "-n").stdout) == {}
+
+    result = snakemake(smoke_workdir, "-n", overrides={"traps": {"tracy_widom_scale": 2.0}})
+    jobs = dry_run_jobs(result.stdout + result.stderr)
+    assert jobs.get("traps") == num_runs, jobs
+    assert not {"prepare_data", "train", "spectra", "progress"} & set(jobs), jobs
+
+    result = snakemake(smoke_workdir, "-n", overrides={"htsr": {"alpha_critical": 1.5}})
+    jobs = dry_run_jobs(result.stdout + result.stderr)
+    assert not {"prepare_data", "train", "spectra", "traps", "progress"} & set(jobs), jobs
