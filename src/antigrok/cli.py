@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from antigrok.htsr import DEFAULT_ENGINE
+
 log = logging.getLogger(__name__)
 
 
@@ -99,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "then the rows equal the run's htsr.csv)")
     analyze.add_argument("--fix-fingers", choices=["clip_xmax", "false"], default="clip_xmax",
                          help="WeightWatcher's fix_fingers (default: clip_xmax, as the paper)")
-    analyze.add_argument("--engine", choices=["weightwatcher", "fast"], default="weightwatcher",
-                         help="spectral engine (default: weightwatcher)")
+    analyze.add_argument("--engine", choices=["weightwatcher", "fast"], default=DEFAULT_ENGINE,
+                         help=f"spectral engine (default: {DEFAULT_ENGINE}; weightwatcher is the reference)")
     analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(handler=analyze_command)
     return parser

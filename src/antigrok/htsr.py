@@ -98,6 +98,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+# The fast engine gives WeightWatcher's numbers (tests/test_fastspectra.py), >100x faster.
+DEFAULT_ENGINE = "fast"
 log = logging.getLogger(__name__)
 
 ENGINES = ("weightwatcher", "fast")
@@ -419,7 +421,7 @@ def _without_minus_one(result: dict) -> dict:
     return result
 
 
-def analyze_layer(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax", engine: str = "weightwatcher") -> dict:
+def analyze_layer(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax", engine: str = DEFAULT_ENGINE) -> dict:
     """HTSR metrics of one weight matrix (out, in), float64: every htsr.csv column but
     step, layer and analysis_seconds, plus the arrays ``evals`` and ``rand_evals``.
 
@@ -469,7 +471,7 @@ def weight_matrices(state_dict: Mapping) -> dict[str, np.ndarray]:
 
 
 def analyze_weights(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: int, fix_fingers="clip_xmax",
-                    engine: str = "weightwatcher") -> tuple[list[dict], dict[str, np.ndarray]]:
+                    engine: str = DEFAULT_ENGINE) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Rows of htsr.csv (one per matrix) and the spectra.npz arrays of one checkpoint."""
     rows, arrays = [], {}
     for layer, weight in matrices.items():
@@ -500,7 +502,7 @@ def spectrum_key(kind: str, layer: str, step: int) -> str:
     return f"{kind}/{layer}/{int(step):09d}"
 
 
-def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xmax", engine: str = "weightwatcher",
+def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xmax", engine: str = DEFAULT_ENGINE,
                        step: int = 0) -> pd.DataFrame:
     """HTSR metrics of a model's weights, no data needed: one row per analyzable 2-D weight.
 
@@ -537,7 +539,7 @@ def checkpoint_files(checkpoints: str | Path | Iterable) -> list[Path]:
 
 
 def analyze_checkpoint(path: str | Path, run_seed: int | None = None, fix_fingers="clip_xmax",
-                       engine: str = "weightwatcher") -> tuple[list[dict], dict[str, np.ndarray], float]:
+                       engine: str = DEFAULT_ENGINE) -> tuple[list[dict], dict[str, np.ndarray], float]:
     """htsr rows, spectra arrays and seconds taken for one checkpoint file.
 
     ``run_seed`` None: the checkpoint's own ``seed`` (0 if it has none).
@@ -571,7 +573,7 @@ def _limit_worker_threads() -> None:
 
 
 def analyze_checkpoints(checkpoints, run_seed: int | None = None, fix_fingers="clip_xmax",
-                        engine: str = "weightwatcher", threads: int = 1,
+                        engine: str = DEFAULT_ENGINE, threads: int = 1,
                         progress: bool = True) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Every checkpoint of a folder (or list): the htsr.csv table and the spectra.npz arrays.
 
@@ -637,7 +639,7 @@ def read_htsr(path: str | Path) -> pd.DataFrame:
 
 
 def write_spectra(checkpoint_dir: str | Path, htsr_csv: str | Path, spectra_npz: str | Path, run_seed: int,
-                  fix_fingers="clip_xmax", engine: str = "weightwatcher", threads: int = 1) -> pd.DataFrame:
+                  fix_fingers="clip_xmax", engine: str = DEFAULT_ENGINE, threads: int = 1) -> pd.DataFrame:
     """The rule ``spectra``: analyze a run's checkpoints, write htsr.csv and spectra.npz."""
     start = time.perf_counter()
     table, arrays = analyze_checkpoints(checkpoint_dir, run_seed=run_seed, fix_fingers=fix_fingers,
