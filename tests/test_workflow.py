@@ -27,7 +27,7 @@ def test_every_run_has_the_results_layout(smoke_workdir):
         for filename in RUN_FILES:
             assert (run / filename).is_file(), f"{run_dir}/{filename} missing"
         expected = [f"step{s:09d}.pt" for s in checkpoint_steps(experiment["steps"], per_decade)]
-        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == expected
+        assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == expected
         checkpoint = torch.load(run / "checkpoints" / expected[-1], weights_only=False)
         assert checkpoint["step"] == experiment["steps"]
         assert all(t.dtype == torch.float64 for t in checkpoint["model"].values())
