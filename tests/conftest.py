@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,21 @@ def snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: b
             f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-5000:]}\n{result.stderr[-8000:]}"
         )
     return result
+
+
+def dry_run_jobs(output: str) -> dict[str, int]:
+    """The ``Job stats`` table of ``snakemake -n`` as {rule: count}; {} when nothing is to be done."""
+    if "Job stats:" not in output:
+        assert "Nothing to be done" in output, output[-3000:]
+        return {}
+    jobs = {}
+    for line in output.split("Job stats:", 1)[1].splitlines():
+        match = re.match(r"^\s*(\S+)\s+(\d+)\s*$", line)
+        if match and match.group(1) == "total":
+            break
+        if match:
+            jobs[match.group(1)] = int(match.group(2))
+    return jobs
 
 
 @pytest.fixture(scope="session")

@@ -287,24 +287,10 @@ def test_settings_reject_unknown_keys_and_modes():
 
 # --- Workflow --------------------------------------------------------------------------------------
 
-def dry_run_jobs(output: str) -> dict[str, int]:
-    """The ``Job stats`` table of ``snakemake -n`` as {rule: count}; {} when nothing is to be done."""
-    if "Job stats:" not in output:
-        assert "Nothing to be done" in output, output[-3000:]
-        return {}
-    jobs = {}
-    for line in output.split("Job stats:", 1)[1].splitlines():
-        match = re.match(r"^\s*(\S+)\s+(\d+)\s*$", line)
-        if match and match.group(1) != "total":
-            jobs[match.group(1)] = int(match.group(2))
-        elif match:
-            break
-    return jobs
-
 
 @pytest.mark.slow
 def test_changing_a_progress_setting_reruns_progress_not_training(smoke_workdir):
-    from conftest import snakemake
+    from conftest import dry_run_jobs, snakemake
 
     runs = sorted(smoke_workdir.glob("results/runs/*/*/*"))
     assert runs, "the smoke run has no run directories"

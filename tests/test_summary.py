@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import snakemake
+from conftest import dry_run_jobs, snakemake
 
 from antigrok.summary import (
     DETECTOR_COLUMNS,
@@ -311,18 +311,6 @@ def test_detector_names_a_missing_progress_measure():
 
 
 # ----------------------------------------------------------------------------- workflow
-
-
-def dry_run_jobs(output: str) -> dict[str, int]:
-    """Rule -> job count from the "Job stats" table of ``snakemake -n``."""
-    lines = output[output.index("Job stats:") :].splitlines()[3:]
-    jobs = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from antigrok import htsr, traps
-from conftest import snakemake
+from conftest import dry_run_jobs, snakemake
 
 
 def gaussian(rows=100, cols=200, seed=0):
@@ -100,21 +100,6 @@ def test_missing_spectrum_is_an_error_that_says_what_to_do():
 
 
 # --------------------------------------------------------------------------- the workflow
-
-
-def dry_run_jobs(output: str) -> dict[str, int]:
-    """The ``Job stats`` table of ``snakemake -n`` as {rule: count}; {} when nothing is to be done."""
-    if "Job stats:" not in output:
-        assert "Nothing to be done" in output, output[-3000:]
-        return {}
-    jobs = {}
-    for line in output.split("Job stats:", 1)[1].splitlines():
-        match = re.match(r"^\s*(\S+)\s+(\d+)\s*$", line)
-        if match and match.group(1) == "total":
-            break
-        if match:
-            jobs[match.group(1)] = int(match.group(2))
-    return jobs
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
+import os
 from pathlib import Path
 
 
@@ -32,3 +32,13 @@ def to_log_file(path: str | Path | None, level: int = logging.INFO):
             raise
         finally:
             logger.removeHandler(handler)
+
+
+def log_slurm_allocation() -> None:
+    """On a SLURM cluster, log which job and GPU ran this step (SLURM sets both variables)."""
+    if "SLURM_JOB_ID" in os.environ:
+        logging.getLogger("antigrok").info(
+            "SLURM_JOB_ID=%s CUDA_VISIBLE_DEVICES=%s",
+            os.environ["SLURM_JOB_ID"],
+            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )

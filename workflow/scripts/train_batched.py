@@ -1,24 +1,17 @@
 import json
-import logging
-import os
 from pathlib import Path
 
 import torch
 
 from antigrok.batched import train_runs
 from antigrok.data import load_dataset
-from antigrok.runlog import to_log_file
+from antigrok.runlog import log_slurm_allocation, to_log_file
 from antigrok.train import RunSpec
 
 wc, params = snakemake.wildcards, snakemake.params
 with to_log_file(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
-    if "SLURM_JOB_ID" in os.environ:  # which allocation and GPU ran these runs, on a cluster
-        logging.getLogger("antigrok").info(
-            "SLURM_JOB_ID=%s CUDA_VISIBLE_DEVICES=%s",
-            os.environ["SLURM_JOB_ID"],
-            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        )
+    log_slurm_allocation()
     experiment_cfg = json.loads(params.experiment)
     specs = [
         RunSpec(
