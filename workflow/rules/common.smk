@@ -10,7 +10,7 @@ ENV_ANALYSIS = "../../envs/analysis.yaml"
 
 
 wildcard_constraints:
-    experiment=r"[A-Za-z0-9_]+",
+    experiment=r"[A-Za-z0-9_-]+",
     weight_decay=r"[0-9.eE+-]+",
     seed=r"\d+",
 
@@ -42,9 +42,19 @@ def experiment_config(wildcards):
     return config["experiments"][wildcards.experiment]
 
 
+# Keys that list which runs an experiment has, not how one run trains: adding a seed or a weight
+# decay must not retrain the runs that exist.
+RUN_LIST_KEYS = ("seeds", "weight_decays")
+
+
+def run_settings(experiment):
+    """What shapes each run of ``experiment``: its config without the lists of runs."""
+    return {key: value for key, value in experiment.items() if key not in RUN_LIST_KEYS}
+
+
 def experiment_json(wildcards):
-    """The experiment's config as JSON: a param, so any change to it reruns its runs."""
-    return json.dumps(experiment_config(wildcards), sort_keys=True)
+    """A run's settings as JSON: a param, so any change to them reruns the experiment's runs."""
+    return json.dumps(run_settings(experiment_config(wildcards)), sort_keys=True)
 
 
 def dataset_identity(wildcards):
