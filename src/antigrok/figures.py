@@ -526,6 +526,10 @@ def plot_detector_leads(detectors: pd.DataFrame, title: str) -> Figure:
 
     ``detectors``: rows of detectors.csv for one experiment and weight decay.
     """
+    # detectors.csv names the lead against the collapse crossing lead_*_vs_collapse
+    detectors = detectors.rename(
+        columns={"lead_steps_vs_collapse": "lead_steps", "lead_decades_vs_collapse": "lead_decades"}
+    )
     alarms = list(dict.fromkeys(detectors["alarm"]))
     fig = _new_figure("detector", max(len(alarms), 1))
     lead_ax, count_ax = fig.subplots(1, 2, sharey=True, width_ratios=[3, 2])
