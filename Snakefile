@@ -36,6 +36,7 @@ include: "workflow/rules/traps.smk"
 include: "workflow/rules/progress.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/compare.smk"
 
 
 # Light rules run on the login node under a cluster profile (profiles/slurm): the data subset
@@ -53,6 +54,8 @@ localrules:
     figure_esd,
     figure_traps,
     figure_detector,
+    timescale,
+    paper_comparison,
 
 
 rule all:

@@ -14,7 +14,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "profiles", "tests/smoke.yaml"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "envs", "profiles", "tests/smoke.yaml"]
 
 
 def have_mnist() -> bool:

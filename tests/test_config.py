@@ -31,6 +31,7 @@ BAD_CONFIGS = {
     "unknown key": (with_change(["trian"], {"device": "cpu"}), "trian"),
     "unknown experiment field": (with_change(["experiments", "mnist_mlp", "epochs"], 3), "epochs"),
     "wrong type of threshold": (with_change(["traps", "tracy_widom_scale"], "high"), "tracy_widom_scale"),
+    "even smoothing window": (with_change(["phases", "smoothing_window"], 4), "smoothing_window"),
 }
 
 
@@ -56,7 +57,9 @@ def test_bad_config_is_rejected_naming_the_key(case, workflow_copy):
 
 
 def test_the_shipped_configs_are_valid(workflow_copy):
-    for configfile in ["config.yaml", "tests/smoke.yaml"]:
+    shipped = ["config.yaml", "tests/smoke.yaml", *sorted(f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml"))]
+    assert len(shipped) >= 4  # configs/cpu.yaml, configs/timescale.yaml, ...
+    for configfile in shipped:
         result = subprocess.run(
             [sys.executable, "-m", "snakemake", "-n", "--quiet", "--configfile", configfile],
             cwd=workflow_copy, capture_output=True, text=True, timeout=120,

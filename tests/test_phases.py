@@ -123,10 +123,31 @@ def test_exact_edges_on_a_hand_made_log():
     e = edges(phases)
     # rise 0.7 from 0.2 at fit; onset level 0.2 + 0.07: step 3 (0.25) is still low
     assert (e.fit_step, e.grokking_start_step, e.peak_step, e.collapse_step) == (2, 4, 5, 7)
+    # drop after the peak 0.9 - 0.6 = 0.3; onset level 0.9 - 0.03: step 6 (0.85) already declines
+    assert e.anti_grokking_start_step == 6
     assert (
         phases.phase.tolist()
-        == ["none", "none"] + ["pre-grokking"] * 2 + ["grokking"] * 2 + ["none"] + ["anti-grokking"] * 3
+        == ["none", "none"] + ["pre-grokking"] * 2 + ["grokking"] * 2 + ["anti-grokking"] * 4
     )
+
+
+def test_anti_grokking_starts_where_the_decline_leaves_the_plateau():
+    log = pd.DataFrame(
+        {
+            "step": [0, 1, 2, 3, 4, 5, 6, 7, 8],
+            "train_acc": [1.0] * 9,
+            "test_acc": [0.2, 0.9, 0.895, 0.9, 0.89, 0.86, 0.8, 0.75, 0.7],
+        }
+    )
+    e = edges(segment_phases(log, PhaseThresholds(smoothing_window=1, grok_rise=0.0)))
+    # peak 0.9 (first at step 1); drop 0.2; plateau level 0.9 - 0.02: steps 1-4 sit on it
+    assert (e.peak_step, e.anti_grokking_start_step, e.collapse_step) == (1, 5, 7)
+
+
+def test_phase_finder_names_missing_test_accuracy():
+    log = pd.DataFrame({"step": [0, 1, 2], "train_acc": [0.5, 1.0, 1.0], "test_acc": [0.1, np.nan, np.nan]})
+    with pytest.raises(ValueError, match="test accuracy is missing"):
+        segment_phases(log, PhaseThresholds(smoothing_window=1))
 
 
 def test_collapse_needs_the_train_set_still_fitted():
@@ -153,7 +174,10 @@ def test_phases_csv_columns_and_empty_edges(tmp_path):
     assert edges_from_phases(written).peak_step == int(written["peak_step"].iloc[0])
 
 
-@pytest.mark.parametrize("bad", [{"train_fit": 0}, {"collapse_drop": 1.5}, {"smoothing_window": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"train_fit": 0}, {"collapse_drop": 1.5}, {"smoothing_window": 0}, {"smoothing_window": 4},
+            {"collapse_onset": -0.1}]
+)
 def test_thresholds_out_of_range_are_refused(bad):
     with pytest.raises(ValueError, match="phases."):
         PhaseThresholds(**bad)

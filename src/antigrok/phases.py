@@ -12,17 +12,29 @@ window spans a fixed fraction of a decade):
                          fit_step to the peak): the first step of the final climb to the peak, i.e.
                          the step after the last one before the peak at which the smoothed test
                          accuracy is still <= level(fit) + grok_onset * rise
-    collapse_step        first step after the peak at which the smoothed test accuracy is
-                         >= collapse_drop below its peak value while train_acc >= train_fit
+    collapse_step        the collapse crossing: first step after the peak at which the smoothed
+                         test accuracy is >= collapse_drop below its peak value while train_acc
+                         >= train_fit (the run is still fitted: a drop with the train set lost is
+                         not anti-grokking)
+    anti_grokking_start_step
+                         in a run that collapses, where the decline starts, as a person reading
+                         Fig. 1 places the left edge of the green band: the step after the last one
+                         between the peak and the crossing at which the smoothed test accuracy is
+                         still >= peak - collapse_onset * drop, with drop the peak minus the lowest
+                         smoothed value after the peak (grok_onset's rule, mirrored)
 
 Labels of the logged steps:
 
     pre-grokking   fit_step <= step < grokking_start_step   (runs that grok)
     grokking       grokking_start_step <= step <= peak_step (runs that grok)
-    anti-grokking  step >= collapse_step                    (runs that collapse)
-    none           everything else: before the train set is fitted, between the peak and the
-                   collapse (or after the peak of a run that holds), and after fit_step in a run
-                   that never groks (unless it collapses)
+    anti-grokking  step >= anti_grokking_start_step         (runs that collapse)
+    none           everything else: before the train set is fitted, on the plateau between the
+                   peak and the start of the decline, after the peak of a run that holds, and
+                   after fit_step in a run that never groks (unless it collapses)
+
+The crossing is a threshold of the data (collapse_drop); the start of the decline is the phase
+edge. Between them lies the decline itself: on the lr 5e-3 reference runs the crossing comes
+a fraction of a decade after the decline starts (docs/reference/cpu/README.md).
 
 A run that never fits the train set, never groks or never collapses is said so (NaN edges,
 ``groks``/``collapses`` false); it is not forced into a phase.
@@ -53,6 +65,7 @@ PHASES_COLUMNS = [
     "groks",
     "collapses",
     "grokking_start_step",
+    "anti_grokking_start_step",
 ]
 # Accuracies are ratios of counts; compare thresholds with a tolerance so 0.9 - 0.8 counts as 0.1.
 _TOLERANCE = 1e-9
@@ -67,18 +80,24 @@ class PhaseThresholds:
     smoothing_window: int = 5
     grok_rise: float = 0.10
     grok_onset: float = 0.10
+    collapse_onset: float = 0.10
 
     def __post_init__(self):
         if not 0 < self.train_fit <= 1:
             raise ValueError(f"phases.train_fit must be in (0, 1], got {self.train_fit}")
         if not 0 < self.collapse_drop <= 1:
             raise ValueError(f"phases.collapse_drop must be in (0, 1], got {self.collapse_drop}")
-        if int(self.smoothing_window) < 1:
-            raise ValueError(f"phases.smoothing_window must be >= 1 logged rows, got {self.smoothing_window}")
+        if int(self.smoothing_window) < 1 or int(self.smoothing_window) % 2 == 0:
+            raise ValueError(
+                f"phases.smoothing_window must be an odd number of logged rows >= 1 (a centred window), "
+                f"got {self.smoothing_window}"
+            )
         if not 0 <= self.grok_rise <= 1:
             raise ValueError(f"phases.grok_rise must be in [0, 1], got {self.grok_rise}")
         if not 0 <= self.grok_onset <= 1:
             raise ValueError(f"phases.grok_onset must be in [0, 1], got {self.grok_onset}")
+        if not 0 <= self.collapse_onset <= 1:
+            raise ValueError(f"phases.collapse_onset must be in [0, 1], got {self.collapse_onset}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,7 @@ class PhaseEdges:
     peak_step: int | None
     grokking_start_step: int | None
     collapse_step: int | None
+    anti_grokking_start_step: int | None = None
 
     @property
     def groks(self) -> bool:
@@ -119,6 +139,11 @@ def find_edges(steps, train_acc, test_acc_smoothed, thresholds: PhaseThresholds)
     fit = _first_index(fitted)
     if fit is None:
         return PhaseEdges(None, None, None, None)
+    if not np.isfinite(smoothed[fit:]).any():
+        raise ValueError(
+            f"test accuracy is missing (NaN) at every logged step from fit_step {int(steps[fit])} on: "
+            "the train_log has no test evaluation to find the phases in"
+        )
     peak = fit + int(np.nanargmax(smoothed[fit:]))
     peak_value = smoothed[peak]
 
@@ -128,17 +153,20 @@ def find_edges(steps, train_acc, test_acc_smoothed, thresholds: PhaseThresholds)
         still_low = smoothed[fit:peak] <= smoothed[fit] + thresholds.grok_onset * rise + _TOLERANCE
         grokking_start = fit + int(np.flatnonzero(still_low)[-1]) + 1
 
-    collapse = None
     after_peak = np.arange(len(steps)) > peak
     dropped = smoothed <= peak_value - thresholds.collapse_drop + _TOLERANCE
-    collapse_index = _first_index(after_peak & dropped & fitted)
-    if collapse_index is not None:
-        collapse = collapse_index
+    collapse = _first_index(after_peak & dropped & fitted)
+    decline_start = None
+    if collapse is not None:
+        drop = peak_value - np.nanmin(smoothed[peak + 1:])
+        still_high = smoothed[peak:collapse] >= peak_value - thresholds.collapse_onset * drop - _TOLERANCE
+        decline_start = peak + int(np.flatnonzero(still_high)[-1]) + 1
 
     def step_at(index):
         return None if index is None else int(steps[index])
 
-    return PhaseEdges(step_at(fit), step_at(peak), step_at(grokking_start), step_at(collapse))
+    return PhaseEdges(step_at(fit), step_at(peak), step_at(grokking_start), step_at(collapse),
+                      step_at(decline_start))
 
 
 def label_steps(steps, edges: PhaseEdges) -> np.ndarray:
@@ -149,7 +177,7 @@ def label_steps(steps, edges: PhaseEdges) -> np.ndarray:
         labels[(steps >= edges.fit_step) & (steps < edges.grokking_start_step)] = "pre-grokking"
         labels[(steps >= edges.grokking_start_step) & (steps <= edges.peak_step)] = "grokking"
     if edges.collapses:
-        labels[steps >= edges.collapse_step] = "anti-grokking"
+        labels[steps >= edges.anti_grokking_start_step] = "anti-grokking"
     return labels
 
 
@@ -168,7 +196,8 @@ def segment_phases(train_log: pd.DataFrame, thresholds: PhaseThresholds) -> pd.D
         frame[column] = pd.array([getattr(edges, column)] * len(frame), dtype="Int64")
     frame["groks"] = edges.groks
     frame["collapses"] = edges.collapses
-    frame["grokking_start_step"] = pd.array([edges.grokking_start_step] * len(frame), dtype="Int64")
+    for column in ("grokking_start_step", "anti_grokking_start_step"):
+        frame[column] = pd.array([getattr(edges, column)] * len(frame), dtype="Int64")
     return frame[PHASES_COLUMNS]
 
 
@@ -182,7 +211,8 @@ def edges_from_phases(phases: pd.DataFrame) -> PhaseEdges:
         value = first.get(column)
         return None if value is None or pd.isna(value) else int(value)
 
-    return PhaseEdges(edge("fit_step"), edge("peak_step"), edge("grokking_start_step"), edge("collapse_step"))
+    return PhaseEdges(edge("fit_step"), edge("peak_step"), edge("grokking_start_step"), edge("collapse_step"),
+                      edge("anti_grokking_start_step"))
 
 
 def write_phases(train_log_path: str | Path, output_path: str | Path, thresholds: PhaseThresholds) -> pd.DataFrame:
@@ -190,16 +220,21 @@ def write_phases(train_log_path: str | Path, output_path: str | Path, thresholds
     frame = segment_phases(pd.read_csv(train_log_path), thresholds)
     first = frame.iloc[0]
     log.info(
-        "%s: fit_step=%s grokking_start_step=%s peak_step=%s collapse_step=%s groks=%s collapses=%s (%s)",
+        "%s: fit_step=%s grokking_start_step=%s peak_step=%s anti_grokking_start_step=%s collapse_step=%s "
+        "groks=%s collapses=%s (%s)",
         train_log_path,
         first.fit_step,
         first.grokking_start_step,
         first.peak_step,
+        first.anti_grokking_start_step,
         first.collapse_step,
         first.groks,
         first.collapses,
         thresholds,
     )
-    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(output_path, index=False)
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_path.with_name(output_path.name + ".tmp")
+    frame.to_csv(partial, index=False)
+    partial.replace(output_path)  # a killed job leaves no phases.csv that looks complete
     return frame

@@ -98,3 +98,14 @@ GLOBAL_TARGETS = []
 
 def all_targets():
     return [path for name in RUN_TARGETS for path in run_files(name)] + GLOBAL_TARGETS
+
+
+def experiment_description(name):
+    """One line that says which lr and steps made an experiment's results (tables, figures, README)."""
+    experiment = config["experiments"][name]
+    model = experiment["model"]
+    shape = "-".join(map(str, model["widths"])) if model["name"] == "mlp" else f"d_model {model['d_model']}"
+    return (
+        f"{name}: {model['name']} {shape}, {experiment['optimizer']['name']} lr {experiment['optimizer']['lr']:g}, "
+        f"{experiment['steps']} steps, batch {experiment['batch_size']}, {experiment.get('dtype', 'float64')}"
+    )

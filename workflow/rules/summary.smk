@@ -17,6 +17,7 @@ rule phases:
         smoothing_window=config["phases"]["smoothing_window"],
         grok_rise=config["phases"]["grok_rise"],
         grok_onset=config["phases"]["grok_onset"],
+        collapse_onset=config["phases"]["collapse_onset"],
     script:
         "../scripts/phases.py"
 

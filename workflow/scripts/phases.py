@@ -12,5 +12,6 @@ with to_log_file(snakemake.log[0]):
             smoothing_window=params.smoothing_window,
             grok_rise=params.grok_rise,
             grok_onset=params.grok_onset,
+            collapse_onset=params.collapse_onset,
         ),
     )
