@@ -108,7 +108,7 @@ MIN_EVALS = 10
 MAX_EVALS = 15000
 MAX_N = 50000
 
-# The columns of htsr.csv, in order (see README "htsr.csv").
+# The columns of htsr.csv, in order (defined in docs/results.md, "htsr.csv").
 HTSR_COLUMNS = [
     "step", "layer", "rows", "cols", "num_evals", "alpha", "raw_alpha", "num_fingers", "xmin", "xmax",
     "pl_ks_distance", "num_pl_spikes", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank",
