@@ -494,3 +494,13 @@ def test_changing_a_phase_threshold_reruns_only_phases_and_what_follows(smoke_wo
         assert (smoke_workdir / "results" / "tables" / f"{name}.md").stat().st_size > 0
     detectors = pd.read_csv(smoke_workdir / "results" / "tables" / "detectors.csv")
     assert detectors.columns.tolist() == DETECTOR_COLUMNS and len(detectors) == num_runs * 7
+
+
+def test_markdown_tables_say_which_lr_and_steps_made_them():
+    from antigrok.summary import tidy_to_markdown
+
+    tidy = pd.DataFrame([{"experiment": "mnist_lr5e-3", "weight_decay": 0.0, "phase": phase, "layer": "fc1",
+                          "metric": "alpha", "mean": 3.0, "std": 0.1, "n_seeds": 2, "edge_step_median": 10.0}
+                         for phase in ("pre-grokking", "grokking", "anti-grokking")])
+    text = tidy_to_markdown(tidy, "Table 1", "caption", {"mnist_lr5e-3": "mnist_lr5e-3: mlp, adamw lr 0.005, 200000 steps"})
+    assert "## mnist_lr5e-3\n\nmnist_lr5e-3: mlp, adamw lr 0.005, 200000 steps\n" in text

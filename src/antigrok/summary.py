@@ -188,12 +188,19 @@ def format_cell(mean, std, n_seeds) -> str:
     return f"{format_number(mean)} ± {format_number(std)} ({int(n_seeds)})"
 
 
-def tidy_to_markdown(tidy: pd.DataFrame, title: str, caption: str) -> str:
-    """Readable Markdown: one table per experiment, rows (weight decay, layer, metric), columns phases."""
+def tidy_to_markdown(tidy: pd.DataFrame, title: str, caption: str, descriptions: dict | None = None) -> str:
+    """Readable Markdown: one table per experiment, rows (weight decay, layer, metric), columns phases.
+
+    ``descriptions`` (experiment -> one line with its lr and steps) heads each experiment's table, so
+    a time-rescaled run is never read as the paper's experiment.
+    """
     lines = [f"# {title}", "", caption, ""]
     headers = ["weight decay", "layer", "metric"] + [PHASE_HEADERS[phase] for phase in PHASES]
     for experiment, frame in tidy.groupby("experiment", sort=False):
-        lines += [f"## {experiment}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += [f"## {experiment}", ""]
+        if descriptions and experiment in descriptions:
+            lines += [descriptions[experiment], ""]
+        lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for (weight_decay, layer, metric), row_cells in frame.groupby(["weight_decay", "layer", "metric"], sort=False):
             by_phase = row_cells.set_index("phase")
             cells = [format_cell(*by_phase.loc[phase, ["mean", "std", "n_seeds"]]) for phase in PHASES]
@@ -219,14 +226,19 @@ TABLE_CAPTION = (
 )
 
 
-def write_tidy_table(tidy: pd.DataFrame, csv_path, md_path, title: str) -> None:
-    for path in (csv_path, md_path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tidy.to_csv(csv_path, index=False)
-    Path(md_path).write_text(tidy_to_markdown(tidy, title, TABLE_CAPTION))
+def write_tidy_table(tidy: pd.DataFrame, csv_path, md_path, title: str, descriptions: dict | None = None) -> None:
+    """The tidy CSV and its Markdown, each written to a temporary name and renamed into place."""
+    for path, text in ((csv_path, tidy.to_csv(index=False)),
+                       (md_path, tidy_to_markdown(tidy, title, TABLE_CAPTION, descriptions))):
+        final = Path(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(".partial." + final.name)
+        partial.write_text(text)
+        partial.replace(final)
 
 
-def write_paper_tables(htsr_paths, traps_paths, phases_paths, outputs: dict, average_layers, experiments) -> None:
+def write_paper_tables(htsr_paths, traps_paths, phases_paths, outputs: dict, average_layers, experiments,
+                       descriptions: dict | None = None) -> None:
     """results/tables/table1_alpha, table2_traps, table4_mp_fit (.csv and .md).
 
     ``outputs`` maps table1_csv, table1_md, table2_csv, table2_md, table4_csv, table4_md to paths.
@@ -244,7 +256,7 @@ def write_paper_tables(htsr_paths, traps_paths, phases_paths, outputs: dict, ave
         ),
     }
     for name, (tidy, title) in tables.items():
-        write_tidy_table(tidy, outputs[f"{name}_csv"], outputs[f"{name}_md"], title)
+        write_tidy_table(tidy, outputs[f"{name}_csv"], outputs[f"{name}_md"], title, descriptions)
         log.info("%s: %d cells, %d with seeds", name, len(tidy), int((tidy["n_seeds"] > 0).sum()))
 
 
@@ -384,7 +396,9 @@ def spectral_conditions(
     Returns {alarm: (kind, threshold, bool Series indexed by step)}.
     """
     low_alpha = mean_alpha(htsr, layers) < alpha_critical  # NaN (a failed fit) does not hold
-    trapped = traps.groupby("step")["num_traps"].max().sort_index() >= trap_min
+    # a missing count (failed MP fit in every layer) does not hold, also inside "both"
+    trapped = (traps.groupby("step")["num_traps"].max().sort_index() >= trap_min).astype("boolean").fillna(False)
+    trapped = trapped.astype(bool)
     both = pd.concat([low_alpha, trapped], axis=1, join="inner").all(axis=1)
     return {
         "alpha_below_critical": ("htsr", float(alpha_critical), low_alpha),

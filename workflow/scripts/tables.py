@@ -9,4 +9,5 @@ with to_log_file(snakemake.log[0]):
         dict(snakemake.output.items()),
         snakemake.params.average_layers,
         snakemake.params.experiments,
+        snakemake.params.descriptions,
     )
