@@ -39,7 +39,7 @@ def test_folder_gives_one_row_per_checkpoint_and_layer(checkpoint_dir, tmp_path,
     out = tmp_path / "out" / "htsr.csv"
     assert cli.main(["analyze", str(checkpoint_dir), "-o", str(out), "-q"]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["path"] + htsr.HTSR_COLUMNS + ["num_traps"]
+    assert list(table.columns) == ["path"] + htsr.HTSR_COLUMNS + ["num_traps", "stored_dtype"]
     assert list(zip(table["step"], table["layer"])) == [(10, "fc1"), (10, "fc2"), (20, "fc1"), (20, "fc2")]
     assert table["path"].str.endswith(".pt").all()
     assert (table["fit_status"] == "ok").all()
@@ -48,7 +48,10 @@ def test_folder_gives_one_row_per_checkpoint_and_layer(checkpoint_dir, tmp_path,
     expected = htsr.analyze_state_dict(checkpoint["model"], seed=2, step=20)
     assert table.loc[table["step"] == 20, "rand_sigma_mp"].tolist() == pytest.approx(
         expected["rand_sigma_mp"].tolist(), rel=1e-12)
-    assert "wrote 4 rows" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "wrote 4 rows" in err
+    # the biases of both checkpoints are listed once, with the reason
+    assert "skipped 1 (1-D tensor (bias, norm, ...): only 2-D weight matrices are analysed): fc1.bias" in err
 
 
 def test_seed_option_changes_the_shuffle_and_stdout_gets_the_csv(checkpoint_dir, capsys):
@@ -101,3 +104,60 @@ def test_usage_errors_exit_2(capsys):
         cli.main(["analyze"])
     assert exit_info.value.code == 2
     assert "PATH" in capsys.readouterr().err
+
+
+def write_safetensors(path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    low_rank = torch.randn(48, 1, generator=g).abs() @ torch.randn(1, 40, generator=g).abs()
+    save_file({
+        "embed.weight": torch.randn(60, 24, generator=g).to(torch.bfloat16),
+        "block.0.mlp.weight": (torch.randn(48, 40, generator=g) * 0.1 + low_rank).to(torch.bfloat16),
+        "block.0.norm.weight": torch.ones(24, dtype=torch.bfloat16),
+        "block.1.mlp.weight": torch.randn(48, 40, generator=g).to(torch.bfloat16),
+    }, path)
+    return path
+
+
+def test_summary_on_stderr_counts_alpha_below_2_and_traps(tmp_path, capsys):
+    path = write_safetensors(tmp_path / "model.safetensors")
+    out, skipped = tmp_path / "rows.csv", tmp_path / "skipped.csv"
+    assert cli.main(["analyze", str(path), "-o", str(out), "--skipped", str(skipped), "-q"]) == 0
+    err = capsys.readouterr().err
+    table = pd.read_csv(out)
+    assert table["layer"].tolist() == ["block.0.mlp", "block.1.mlp", "embed"]
+    assert set(table["stored_dtype"]) == {"bfloat16"}
+    assert table.loc[table["layer"] == "block.0.mlp", "num_traps"].item() >= 1  # the positive rank-one part
+    summary = err[err.index("summary:"):].splitlines()
+    assert summary[0].startswith("summary: 3 layers analysed in 1 model, 1 tensors skipped")
+    assert "analysed in float64" in summary[0]
+    assert f"median alpha {table['alpha'].median():.3f}" in err
+    low = table.loc[table["alpha"] < 2, "layer"].tolist()
+    assert f"alpha < 2 (over-correlated): {len(low)} of 3 layers" in err
+    with_traps = table.loc[table["num_traps"] > 0, "layer"].tolist()
+    assert f"with Correlation Traps: {len(with_traps)} of 3 layers: {', '.join(with_traps)}" in err
+    assert pd.read_csv(skipped).to_dict("records") == [{
+        "path": str(path), "tensor": "block.0.norm.weight", "shape": 24, "dtype": "bfloat16",
+        "reason": "1-D tensor (bias, norm, ...): only 2-D weight matrices are analysed"}]
+
+
+def test_layers_option_selects_by_regex_and_a_filter_matching_nothing_is_an_error(tmp_path, capsys):
+    path = write_safetensors(tmp_path / "model.safetensors")
+    assert cli.main(["analyze", str(path), "--layers", r"mlp", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert pd.read_csv(io.StringIO(captured.out))["layer"].tolist() == ["block.0.mlp", "block.1.mlp"]
+    assert "skipped 2 (not matched by --layers): block.0.norm.weight, embed.weight" in captured.err
+    assert cli.main(["analyze", str(path), "--layers", "attention", "-q"]) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert lines == [f"antigrok analyze: error: {path}: no tensor name matches --layers 'attention'"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["analyze", str(path), "--layers", "("])
+    assert exit_info.value.code == 2
+
+
+def test_one_model_gets_a_progress_bar_over_its_layers(tmp_path, capsys):
+    path = write_safetensors(tmp_path / "model.safetensors")
+    assert cli.main(["analyze", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "4/4" in err and ("layer/s" in err or "s/layer" in err), err

@@ -1,101 +1,169 @@
 """The ``antigrok`` command line.
 
-    antigrok analyze PATH... [-o OUT.csv] [--seed S] [--fix-fingers {clip_xmax,false}] [--engine E]
+    antigrok analyze PATH... [-o OUT.csv] [--layers REGEX] [--skipped SKIPPED.csv] [--seed S]
+                     [--fix-fingers {clip_xmax,false}] [--engine E] [--threads N] [-q]
 
-HTSR metrics and Correlation Traps of checkpoint files (or folders of ``*.pt`` files): one CSV
-row per (file, 2-D weight matrix), the columns of htsr.csv plus ``num_traps`` (Tracy-Widom scale
-1.0) and ``path``. No data needed. A file that cannot be analyzed gets one error line on stderr;
-the others are still analyzed, and the exit code is 1.
+HTSR metrics and Correlation Traps of model files, from the weights alone: workflow checkpoints and
+folders of them, bare state_dicts, ``.safetensors`` files, Hugging Face model folders (sharded or
+not, safetensors or pytorch_model.bin) and ``.npz`` archives of arrays (antigrok.loading; no file
+is ever unpickled beyond tensors, numbers, strings and containers). One CSV row per (model, 2-D
+weight matrix): ``path``, the columns of htsr.csv, ``num_traps`` (Tracy-Widom scale 1.0) and
+``stored_dtype``. Tensors are read and analysed one at a time, in float64. Skipped tensors and a
+summary go to stderr. A path that cannot be analysed gets one error line on stderr; the others are
+still analysed, and the exit code is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
 from antigrok.htsr import DEFAULT_ENGINE
 
 log = logging.getLogger(__name__)
+ERROR_PREFIX = "antigrok analyze: error:"
 
 
 class AnalyzeError(Exception):
     """A path that cannot be analyzed; the message names it and says why."""
 
 
-def _expand_paths(paths: list[str]) -> tuple[list[Path], list[str]]:
-    """Files to analyze (folders give their ``*.pt`` files, sorted) and error lines."""
-    files, errors = [], []
+def _openers(paths: list[str]) -> tuple[list, list[str]]:
+    """(path, opener) of every model the paths hold, and error lines for paths that hold none."""
+    from antigrok.loading import ModelFileError, model_openers
+
+    openers, errors = [], []
     for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(path.glob("*.pt"))
-            if not found:
-                errors.append(f"{path}: folder holds no *.pt checkpoint files")
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            errors.append(f"{path}: no such file or folder")
-    return files, errors
+        try:
+            openers.extend(model_openers(raw))
+        except ModelFileError as error:
+            errors.append(str(error))
+    return openers, errors
 
 
-def _analyze_file(path: Path, seed: int | None, fix_fingers, engine: str):
-    from antigrok.htsr import analyze_state_dict
-    from antigrok.train import load_checkpoint
+def _analyze_one(path: Path, opener, args, layers, bar):
+    """The analysis of one model, or AnalyzeError naming its path and why."""
+    from antigrok.analyze import NOT_SELECTED, analyze_model
+    from antigrok.htsr import MIN_EVALS
+    from antigrok.loading import ModelFileError
 
     try:
-        checkpoint = load_checkpoint(path)
-    except (ValueError, OSError) as error:
+        source = opener()
+    except ModelFileError as error:
+        raise AnalyzeError(str(error)) from None
+    if bar is not None:
+        bar.reset(total=len(source.tensors))
+        bar.set_description_str(path.name)
+
+    def advance(ref, analysed):
+        if bar is not None:
+            bar.set_postfix_str(ref.name[-40:], refresh=False)
+            bar.update(1)
+
+    try:
+        result = analyze_model(source, seed=args.seed, layers=layers, fix_fingers=args.fix_fingers, engine=args.engine,
+                               on_tensor=advance)
+    except (ValueError, ModelFileError) as error:
         raise AnalyzeError(str(error) if str(path) in str(error) else f"{path}: {error}") from None
-    step = checkpoint.get("step")
-    run_seed = seed if seed is not None else int(checkpoint.get("seed", 0) or 0)
-    try:
-        table = analyze_state_dict(checkpoint["model"], seed=run_seed, fix_fingers=fix_fingers, engine=engine,
-                                   step=0 if step is None else int(step))
-    except ValueError as error:
-        raise AnalyzeError(f"{path}: {error}") from None
-    table.insert(0, "path", str(path))
-    return table
+    if result.table.empty:
+        if layers is not None and (result.skipped["reason"] != NOT_SELECTED).sum() == 0:
+            raise AnalyzeError(f"{path}: no tensor name matches --layers {layers.pattern!r}")
+        reasons = "; ".join(f"{n} {r}" for r, n in result.skipped["reason"].value_counts().items())
+        raise AnalyzeError(f"{path}: no 2-D weight matrix with at least {MIN_EVALS} rows and columns "
+                           f"(skipped: {reasons or 'no tensors'})")
+    result.table.insert(0, "path", str(path))
+    return result
+
+
+def _limit_threads(threads: int) -> None:
+    """BLAS / LAPACK (numpy, scipy) and torch threads: the fast engine's big layers use them."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    torch.set_num_threads(threads)
 
 
 def analyze_command(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    fix_fingers = False if args.fix_fingers == "false" else args.fix_fingers
-    files, errors = _expand_paths(args.paths)
+    from antigrok.analyze import SKIPPED_COLUMNS, summary_lines
+
+    if args.fix_fingers == "false":
+        args.fix_fingers = False
+    if args.threads > 0:
+        _limit_threads(args.threads)
+    layers = args.layers
+    openers, errors = _openers(args.paths)
     for message in errors:
-        print(f"antigrok analyze: error: {message}", file=sys.stderr)
-    tables = []
-    for path in tqdm(files, desc="analyze", unit="checkpoint", file=sys.stderr, disable=args.quiet or not files):
+        print(f"{ERROR_PREFIX} {message}", file=sys.stderr)
+    show = not args.quiet and bool(openers)
+    # One model: a bar over its layers. Several (a folder of checkpoints): a bar over the models.
+    model_bar = tqdm(total=len(openers), desc="analyze", unit="model", file=sys.stderr,
+                     disable=not show or len(openers) == 1)
+    layer_bar = tqdm(total=0, unit="layer", file=sys.stderr, leave=False, disable=not show or len(openers) > 1)
+    tables, skipped = [], []
+    for path, opener in openers:
         try:
-            tables.append(_analyze_file(path, args.seed, fix_fingers, args.engine))
+            result = _analyze_one(path, opener, args, layers, layer_bar if len(openers) == 1 else None)
+            tables.append(result.table)
+            skipped.append(result.skipped)
         except AnalyzeError as error:
-            tqdm.write(f"antigrok analyze: error: {error}", file=sys.stderr)
+            tqdm.write(f"{ERROR_PREFIX} {error}", file=sys.stderr)
             errors.append(str(error))
-    if tables:
-        result = pd.concat(tables, ignore_index=True)
+        model_bar.update(1)
+    layer_bar.close()
+    model_bar.close()
+    table = pd.concat(tables, ignore_index=True) if tables else None
+    skipped_table = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=SKIPPED_COLUMNS)
+    if table is not None:
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            result.to_csv(args.output, index=False)
-            print(f"wrote {len(result)} rows ({len(tables)} checkpoints) to {args.output}", file=sys.stderr)
+            table.to_csv(args.output, index=False)
+            print(f"wrote {len(table)} rows ({len(tables)} models) to {args.output}", file=sys.stderr)
         else:
-            result.to_csv(sys.stdout, index=False)
-    return 1 if errors or not tables else 0
+            table.to_csv(sys.stdout, index=False)
+    if args.skipped:
+        Path(args.skipped).parent.mkdir(parents=True, exist_ok=True)
+        skipped_table.to_csv(args.skipped, index=False)
+    if table is not None:
+        # a folder of checkpoints repeats each bias once per checkpoint: list each tensor name once
+        unique_skipped = skipped_table.drop_duplicates(["tensor", "reason"])
+        for line in summary_lines(table, unique_skipped, len(tables)):
+            print(line, file=sys.stderr)
+    return 1 if errors or table is None else 0
+
+
+def _regex(text: str) -> re.Pattern:
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {text!r} ({error})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="antigrok", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     analyze = commands.add_parser(
-        "analyze", help="HTSR alpha and Correlation Traps of checkpoints, from the weights alone",
-        description="HTSR metrics (WeightWatcher 0.7.5.5) and Correlation Traps of every 2-D weight "
-                    "matrix of checkpoint files or folders of *.pt files; one CSV row per (file, layer).",
+        "analyze", help="HTSR alpha and Correlation Traps of a model's weights, no data needed",
+        description="HTSR metrics (WeightWatcher 0.7.5.5) and Correlation Traps of every 2-D weight matrix of "
+                    "checkpoints, state_dicts, .safetensors files, Hugging Face model folders and .npz files; one "
+                    "CSV row per (model, layer). No file is unpickled beyond tensors, numbers, strings and "
+                    "containers: a file that needs more is refused.",
     )
-    analyze.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint file (.pt) or folder of them")
+    analyze.add_argument("paths", nargs="+", metavar="PATH",
+                         help="a model file (.pt/.bin state_dict or checkpoint, .safetensors, .npz), a Hugging Face "
+                              "model folder, or a folder of *.pt checkpoints")
     analyze.add_argument("-o", "--output", metavar="OUT.csv", help="write the table here (default: stdout)")
+    analyze.add_argument("--layers", metavar="REGEX", type=_regex,
+                         help="analyse only the tensors whose name matches (re.search), e.g. 'mlp|self_attn' "
+                              "(default: every 2-D floating tensor, embeddings included)")
+    analyze.add_argument("--skipped", metavar="SKIPPED.csv",
+                         help="write every tensor not analysed, with its shape, dtype and the reason, here")
     analyze.add_argument("--seed", type=int, default=None,
                          help="run seed of the randomization (default: the checkpoint's own seed, else 0; "
                               "then the rows equal the run's htsr.csv)")
@@ -103,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="WeightWatcher's fix_fingers (default: clip_xmax, as the paper)")
     analyze.add_argument("--engine", choices=["weightwatcher", "fast"], default=DEFAULT_ENGINE,
                          help=f"spectral engine (default: {DEFAULT_ENGINE}; weightwatcher is the reference)")
+    analyze.add_argument("--threads", type=int, default=0, metavar="N",
+                         help="BLAS / LAPACK threads for layers of 1024 x 1024 and larger (default 0: every core; "
+                              "on a machine busy with other work, 1)")
     analyze.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(handler=analyze_command)
     return parser

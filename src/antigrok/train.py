@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from antigrok.loading import read_checkpoint, safe_torch_load
 from antigrok.models import DTYPES, build_model
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def _load_resume(resume_dir: Path, spec: RunSpec, device):
     if not path.exists():
         return None
     # On the CPU: generator states must stay there; load_state_dict moves the rest to the device.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = safe_torch_load(path)
     if state["fingerprint"] != spec.fingerprint():
         log.warning("discarding resume state of %s: its config differs from this run's", spec.name)
         return None
@@ -367,13 +368,9 @@ def _finish(run_dir: Path, resume_dir: Path, rows: list[dict]) -> pd.DataFrame:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint dict, or a ValueError that says why the file is not one."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{path}: not a torch checkpoint ({type(error).__name__}: {error})") from None
-    if isinstance(payload, dict) and "model" in payload and isinstance(payload["model"], dict):
-        return payload
-    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        return {"step": None, "model": payload}  # a bare state_dict from a user's own training
-    raise ValueError(f"{path}: holds neither a state_dict nor a dict with a 'model' state_dict")
+    """A checkpoint dict, or a ValueError that says why the file is not one.
+
+    Read by antigrok.loading (torch.load weights_only=True): a file that would need to unpickle
+    anything but tensors, numbers, strings and containers is refused, never executed.
+    """
+    return read_checkpoint(path)

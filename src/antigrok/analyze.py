@@ -1,0 +1,151 @@
+"""HTSR alpha and Correlation Traps of a user's own model, read layer by layer (``antigrok analyze``).
+
+``analyze_model(source)`` analyses the tensors of one ``antigrok.loading.ModelSource`` one at a
+time: each selected 2-D floating tensor is read, converted to float64 (exact from bf16, fp16 and
+fp32), analysed by ``antigrok.htsr.analyze_weights`` exactly as the workflow's spectra rule does
+(so a workflow checkpoint gives its run's htsr.csv rows), its traps counted at Tracy-Widom scale
+1.0, and dropped before the next is read. Memory is bounded by the largest layer, not the model.
+
+Tensors that are not analysed are listed with the reason (``SKIPPED_COLUMNS``): not matched by
+the layer filter, not floating point, 1-D (biases, norms), more than 2-D, too small or too large
+for WeightWatcher's fit, or holding NaN / infinite entries.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from antigrok import htsr
+from antigrok.loading import ModelSource, TensorRef
+
+ALPHA_CRITICAL = 2.0  # htsr.alpha_critical: alpha below it is over-correlated (the paper's threshold)
+SKIPPED_COLUMNS = ["path", "tensor", "shape", "dtype", "reason"]
+NOT_SELECTED = "not matched by --layers"
+
+
+def layer_name(tensor_name: str) -> str:
+    """``fc1.weight`` -> ``fc1``: the layer column of htsr.csv."""
+    return tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
+
+
+def skip_reason(ref: TensorRef, layers: re.Pattern | None = None) -> str:
+    """Why a tensor is not analysed, from its name, shape and dtype alone ("" if it is)."""
+    if layers is not None and not layers.search(ref.name):
+        return NOT_SELECTED
+    if not ref.is_floating:
+        return f"not floating point ({ref.dtype})"
+    if len(ref.shape) < 2:
+        return f"{len(ref.shape)}-D tensor (bias, norm, ...): only 2-D weight matrices are analysed"
+    if len(ref.shape) > 2:
+        return f"{len(ref.shape)}-D tensor: only 2-D weight matrices are analysed"
+    reason = htsr._unanalyzable(ref.shape)
+    return f"shape {ref.shape[0]}x{ref.shape[1]} {reason}" if reason else ""
+
+
+@dataclass
+class ModelAnalysis:
+    """The rows of one model (htsr.csv columns, ``num_traps``, ``stored_dtype``) and its skip list."""
+
+    source: ModelSource
+    table: pd.DataFrame
+    skipped: pd.DataFrame
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _skipped_row(source: ModelSource, ref: TensorRef, reason: str) -> dict:
+    return {"path": str(source.path), "tensor": ref.name, "shape": "x".join(map(str, ref.shape)) or "scalar",
+            "dtype": ref.dtype, "reason": reason}
+
+
+def analyze_model(source: ModelSource, *, seed: int | None = None, layers: re.Pattern | str | None = None,
+                  fix_fingers="clip_xmax", engine: str = htsr.DEFAULT_ENGINE,
+                  on_tensor: Callable[[TensorRef, bool], None] | None = None) -> ModelAnalysis:
+    """Every selected 2-D weight of one model, one tensor in memory at a time.
+
+    ``seed``: the run seed of the randomization (default: the checkpoint's own seed, else 0); the step
+    is the checkpoint's (else 0). ``layers``: a regular expression searched in the tensor names (None:
+    every 2-D floating tensor, embeddings included). ``on_tensor(ref, analysed)`` is called after each
+    tensor (progress bars).
+    """
+    from antigrok.traps import compute_traps
+
+    if isinstance(layers, str):
+        layers = re.compile(layers)
+    run_seed = seed if seed is not None else (source.seed or 0)
+    step = source.step or 0
+    rows, skipped = [], []
+    start = time.perf_counter()
+    for ref in source.tensors:
+        reason = skip_reason(ref, layers)
+        weight = None if reason else ref.read_float64()
+        if weight is not None and not np.all(np.isfinite(weight)):
+            reason = "has NaN or infinite entries"
+        if reason:
+            skipped.append(_skipped_row(source, ref, reason))
+        else:
+            layer = layer_name(ref.name)
+            layer_rows, spectra = htsr.analyze_weights({layer: weight}, run_seed=run_seed, step=step,
+                                                       fix_fingers=fix_fingers, engine=engine)
+            del weight  # the next tensor is read only after this one is freed
+            traps = compute_traps(htsr.htsr_table(layer_rows), spectra, tracy_widom_scale=1.0)
+            rows.append({**layer_rows[0], "num_traps": traps["num_traps"].iloc[0], "stored_dtype": ref.dtype})
+        if on_tensor is not None:
+            on_tensor(ref, not reason)
+    table = htsr.htsr_table(rows)
+    table["num_traps"] = pd.array([row["num_traps"] for row in rows], dtype="Int64")
+    table["stored_dtype"] = [row["stored_dtype"] for row in rows]
+    return ModelAnalysis(source, table, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), time.perf_counter() - start)
+
+
+def summary_lines(tables: pd.DataFrame, skipped: pd.DataFrame, num_models: int, names_shown: int = 6) -> list[str]:
+    """The end-of-run summary: layers analysed and skipped, median alpha, alpha < 2, traps."""
+
+    def named(names) -> str:
+        names = list(dict.fromkeys(names))
+        more = f", ... ({len(names) - names_shown} more)" if len(names) > names_shown else ""
+        return ", ".join(names[:names_shown]) + more
+
+    unit = "layers" if num_models <= 1 else "(file, layer) rows"
+    lines = [f"summary: {len(tables)} {unit} analysed in {num_models} model{'s' if num_models != 1 else ''}, "
+             f"{len(skipped)} tensors skipped; every tensor analysed in float64 (bf16/fp16/fp32 upcast exactly)"]
+    for reason, group in skipped.groupby("reason", sort=False):
+        lines.append(f"  skipped {len(group)} ({reason}): {named(group['tensor'])}")
+    if len(tables):
+        alpha = pd.to_numeric(tables["alpha"], errors="coerce")
+        failed = int(alpha.isna().sum())
+        median = f"{alpha.median():.3f}" if alpha.notna().any() else "n/a"
+        lines.append(f"  median alpha {median}" + (f" ({failed} power-law fits failed)" if failed else ""))
+        label = tables["layer"] if num_models <= 1 else tables["path"].map(str) + ":" + tables["layer"]
+        low = alpha < ALPHA_CRITICAL
+        lines.append(f"  alpha < {ALPHA_CRITICAL:g} (over-correlated): {int(low.sum())} of {len(tables)} {unit}"
+                     + (f": {named(label[low])}" if low.any() else ""))
+        traps = tables["num_traps"].fillna(0).astype(int) > 0
+        lines.append(f"  with Correlation Traps: {int(traps.sum())} of {len(tables)} {unit}"
+                     + (f": {named(label[traps])}" if traps.any() else ""))
+    return lines
+
+
+
+def analyze_path(path, *, seed: int | None = None, layers: re.Pattern | str | None = None, fix_fingers="clip_xmax",
+                 engine: str = htsr.DEFAULT_ENGINE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every model a path holds (a file, a Hugging Face folder, a folder of checkpoints), as
+    ``antigrok analyze`` reads it: (rows with a ``path`` column first, skipped tensors).
+
+    Raises antigrok.loading.ModelFileError (a ValueError) for a path that cannot be read or refused.
+    """
+    from antigrok.loading import model_openers
+
+    tables, skipped = [], []
+    for model_path, opener in model_openers(path):
+        result = analyze_model(opener(), seed=seed, layers=layers, fix_fingers=fix_fingers, engine=engine)
+        result.table.insert(0, "path", str(model_path))
+        tables.append(result.table)
+        skipped.append(result.skipped)
+    return pd.concat(tables, ignore_index=True), pd.concat(skipped, ignore_index=True)
