@@ -741,7 +741,8 @@ def write_table_html(csv_path: str | Path, html_path: str | Path, title: str) ->
 
 
 RUN_PATH = re.compile(r"(?P<experiment>[^/]+)/wd(?P<weight_decay>[^/]+)/seed(?P<seed>\d+)/[^/]+$")
-PHASE_EDGE_COLUMNS = ["fit_step", "grokking_start_step", "peak_step", "collapse_step", "groks", "collapses"]
+PHASE_EDGE_COLUMNS = ["fit_step", "grokking_start_step", "peak_step", "anti_grokking_start_step", "collapse_step",
+                      "groks", "collapses"]
 
 
 def phase_edges(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -769,11 +770,22 @@ def phase_edges(paths: Sequence[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["experiment", "weight_decay", "seed"], ignore_index=True)
 
 
-def write_phase_edges(paths: Sequence[str | Path], csv_path: str | Path, html_path: str | Path) -> None:
-    """results/tables/phase_edges.csv and .html: the phase edges of every run."""
+def write_phase_edges(paths: Sequence[str | Path], csv_path: str | Path, html_path: str | Path,
+                      md_path: str | Path | None = None) -> None:
+    """results/tables/phase_edges.csv, .html (and .md): the phase edges of every run, written atomically."""
+    from antigrok.summary import frame_to_markdown
+
     edges = phase_edges(paths)
-    Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-    edges.to_csv(csv_path, index=False)
-    note = "Steps at which each run fits its train set, starts grokking, peaks and collapses (empty: never)."
-    Path(html_path).write_text(frame_to_html(edges.convert_dtypes(), "Phase edges per run", note))
-    log.info("wrote %s and %s (%d runs)", csv_path, html_path, len(edges))
+    note = ("Steps at which each run fits its train set, starts grokking, peaks, starts its decline "
+            "(anti-grokking) and crosses peak - phases.collapse_drop (collapse_step); empty: never.")
+    texts = {csv_path: edges.to_csv(index=False),
+             html_path: frame_to_html(edges.convert_dtypes(), "Phase edges per run", note)}
+    if md_path is not None:
+        texts[md_path] = frame_to_markdown(edges.astype(object).where(edges.notna(), "—"), "Phase edges per run", note)
+    for path, text in texts.items():
+        final = Path(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(".partial." + final.name)
+        partial.write_text(text)
+        partial.replace(final)
+    log.info("wrote %s (%d runs)", ", ".join(map(str, texts)), len(edges))

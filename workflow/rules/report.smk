@@ -179,6 +179,7 @@ rule phase_edges:
         phases=run_files("phases.csv"),
     output:
         csv=f"{RESULTS}/tables/phase_edges.csv",
+        md=f"{RESULTS}/tables/phase_edges.md",
         html=report(
             f"{RESULTS}/tables/phase_edges.html",
             caption="../report/phase_edges.rst",
@@ -202,5 +203,5 @@ GLOBAL_TARGETS.extend(
         for ext in ("png", "pdf")
     ]
     + [f"{RESULTS}/tables/{table}.html" for table in REPORT_TABLES]
-    + [f"{RESULTS}/tables/phase_edges.{ext}" for ext in ("csv", "html")]
+    + [f"{RESULTS}/tables/phase_edges.{ext}" for ext in ("csv", "md", "html")]
 )

@@ -2,4 +2,4 @@ from antigrok.figures import write_phase_edges
 from antigrok.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):
-    write_phase_edges(list(snakemake.input.phases), snakemake.output.csv, snakemake.output.html)
+    write_phase_edges(list(snakemake.input.phases), snakemake.output.csv, snakemake.output.html, snakemake.output.md)
