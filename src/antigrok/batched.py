@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from antigrok.loading import safe_torch_load
 from antigrok.models import DTYPES, build_model
 from antigrok.train import (
     BatchOrder,
@@ -423,7 +424,7 @@ def _load_group_resume(resume_dir: Path, specs, staged_dirs, checkpoints) -> dic
     if not path.exists():
         return None
     # On the CPU first: the batch orders' generator states must stay there; load_state_dict moves the rest.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = safe_torch_load(path)  # weights_only: never unpickles code
     if state.get("fingerprint") != group_fingerprint(specs):
         log.warning("discarding the resume state in %s: its runs or config differ from this group's", resume_dir)
         return None

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from antigrok.loading import safe_torch_load
+
 MNIST_RAW_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -143,4 +145,4 @@ def save_dataset(dataset: dict, path: str | Path) -> None:
 
 
 def load_dataset(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return safe_torch_load(path)  # weights_only: never unpickles code
