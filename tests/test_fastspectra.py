@@ -288,6 +288,28 @@ def test_a_run_of_checkpoints_at_once_equals_one_at_a_time():
                 assert_rel(result[key], single[key], 0, key)
 
 
+def test_the_workflows_layers_take_the_single_threaded_path():
+    """Only LLM-size layers get threads and torch's LAPACK: the workflow's spectra stay bit-identical."""
+    for shape in [(200, 784), (200, 200), (10, 200), (512, 128), (128, 113), (1023, 1023)]:
+        assert not fs.is_big_layer(shape), shape
+    for shape in [(1024, 1024), (4096, 4096), (4096, 11008), (11008, 4096)]:
+        assert fs.is_big_layer(shape), shape
+
+
+def test_the_big_layer_path_equals_weightwatcher(monkeypatch):
+    """The path of 1024 x 1024 and larger (threads, torch's eigvalsh), forced on a small heavy-tailed
+    layer with a mean-shift trap, gives WeightWatcher's numbers."""
+    weight = rng(5).standard_t(3.0, size=(150, 260)) + 30.0 / np.sqrt(150 * 260)
+    reference = htsr.analyze_layer(weight, seed=8, fix_fingers="clip_xmax", engine="weightwatcher")
+    small_path = htsr.analyze_layer(weight, seed=8, fix_fingers="clip_xmax", engine="fast")
+    monkeypatch.setattr(fs, "BIG_LAYER_WORK", 1)
+    assert fs.is_big_layer(weight.shape)
+    big_path = htsr.analyze_layer(weight, seed=8, fix_fingers="clip_xmax", engine="fast")
+    assert_same_layer(big_path, reference)
+    assert big_path["ww_num_traps"] == small_path["ww_num_traps"] == reference["ww_num_traps"] >= 1
+    np.testing.assert_allclose(big_path["evals"], small_path["evals"], rtol=1e-12, atol=1e-13 * small_path["evals"].max())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["early", "mid", "late"])
 def test_real_mnist_checkpoints_equal_weightwatcher(smoke_workdir, which):

@@ -192,15 +192,24 @@ def test_a_safetensors_file_gives_the_rows_of_its_state_dict(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
-def test_a_sharded_hugging_face_folder_is_one_model(tmp_path, suffix):
+def test_a_sharded_hugging_face_folder_is_one_model(tmp_path, suffix, monkeypatch):
     state_dict = small_model()
     folder = write_shards(tmp_path / "hf", state_dict, suffix)
-    [result] = analyse(folder)
+    [source] = loading.open_model(folder)
+    mapped = []
+    original = loading.read_checkpoint
+    monkeypatch.setattr(loading, "read_checkpoint", lambda path, mmap=False: mapped.append(path) or original(path, mmap))
+    result = analyze_model(source)
     assert result.source.path == folder
+    assert result.source.kind.startswith("Hugging Face folder (2 ")
+    if suffix == ".safetensors":
+        assert result.table["layer"].tolist() == ANALYSED
+        assert mapped == []
+    else:  # shard by shard, each torch shard mapped once
+        assert sorted(result.table["layer"]) == sorted(ANALYSED)
+        assert [path.name for path in mapped] == ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
     table, skipped = analyze_path(folder)  # the Python API: what antigrok analyze writes
     assert table["path"].unique().tolist() == [str(folder)] and len(skipped) == len(result.skipped)
-    assert result.source.kind.startswith("Hugging Face folder (2 ")
-    assert result.table["layer"].tolist() == ANALYSED
     assert_same_rows(result.table, expected_table(state_dict))
     assert set(result.skipped["tensor"]) == set(state_dict) - {f"{layer}.weight" for layer in ANALYSED}
 

@@ -308,24 +308,50 @@ def _shard_files(folder: Path, index_name: str) -> dict[str, Path]:
     return shards
 
 
+class _TorchShardCache:
+    """The state_dict of one torch shard at a time, memory-mapped: a tensor of another shard drops it
+    (and its mapping) before that shard is mapped."""
+
+    def __init__(self):
+        self.path: Path | None = None
+        self.state_dict: dict | None = None
+
+    def tensor(self, path: Path, name: str):
+        if path != self.path:
+            self.state_dict = None
+            self.state_dict = read_checkpoint(path, mmap=True)["model"]
+            self.path = path
+        return self.state_dict[name]
+
+
+def _torch_shard_refs(file: Path, cache: _TorchShardCache) -> list[TensorRef]:
+    """The tensors of one ``pytorch_model-0000x-of-0000y.bin`` (a bare state_dict), read through ``cache``."""
+    listing = torch_source(file, kind="torch state_dict").tensors  # names, shapes, dtypes; then unmapped
+    return [TensorRef(ref.name, ref.shape, ref.dtype, read=lambda n=ref.name: cache.tensor(file, n)) for ref in listing]
+
+
 def hugging_face_source(folder: Path, index_name: str | None, single_name: str | None) -> ModelSource:
-    """A Hugging Face model folder: its sharded (index) or single weights file, tensors in name order."""
+    """A Hugging Face model folder: its sharded (index) or single weights file.
+
+    Safetensors tensors come in natural name order; torch shards shard by shard (each mapped once).
+    """
     if index_name is not None:
         shards = _shard_files(folder, index_name)
         files = list(dict.fromkeys(shards.values()))
-        refs = {}
-        for file in files:
-            if file.suffix == ".safetensors":
-                file_refs = safetensors_refs(file)
-            else:  # pytorch_model-0000x-of-0000y.bin: a bare state_dict per shard, mapped
-                file_refs = torch_source(file, kind="torch state_dict").tensors
-            refs.update({ref.name: ref for ref in file_refs if shards.get(ref.name) == file})
+        refs, order = {}, {}
+        cache = _TorchShardCache()
+        for position, file in enumerate(files):
+            file_refs = safetensors_refs(file) if file.suffix == ".safetensors" else _torch_shard_refs(file, cache)
+            for ref in file_refs:
+                if shards.get(ref.name) == file:
+                    refs[ref.name] = ref
+                    order[ref.name] = (0 if file.suffix == ".safetensors" else position, natural_key(ref.name))
         absent = [name for name in shards if name not in refs]
         if absent:
             raise ModelFileError(f"{folder}: {len(absent)} tensors of {index_name} are not in their shard "
                                  f"(first: {absent[0]!r} in {shards[absent[0]].name})")
         kind = f"Hugging Face folder ({len(files)} {files[0].suffix.lstrip('.')} shards)"
-        return ModelSource(folder, kind, [refs[name] for name in sorted(refs, key=natural_key)])
+        return ModelSource(folder, kind, [refs[name] for name in sorted(refs, key=order.__getitem__)])
     file = folder / single_name
     if file.suffix == ".safetensors":
         refs = sorted(safetensors_refs(file), key=lambda ref: natural_key(ref.name))
