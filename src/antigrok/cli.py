@@ -58,15 +58,17 @@ def _analyze_one(path: Path, opener, args, layers, bar):
         bar.reset(total=len(source.tensors))
         bar.set_description_str(path.name)
 
-    def advance(ref, analysed):
+    def advance(ref, _analysed):
         if bar is not None:
             bar.set_postfix_str(ref.name[-40:], refresh=False)
             bar.update(1)
+            if bar.n >= bar.total:
+                bar.refresh()  # tqdm skips updates closer than mininterval: show the finished count
 
     try:
         result = analyze_model(source, seed=args.seed, layers=layers, fix_fingers=args.fix_fingers, engine=args.engine,
                                on_tensor=advance)
-    except (ValueError, ModelFileError) as error:
+    except ValueError as error:  # ModelFileError included: a tensor that cannot be read
         raise AnalyzeError(str(error) if str(path) in str(error) else f"{path}: {error}") from None
     if result.table.empty:
         if layers is not None and (result.skipped["reason"] != NOT_SELECTED).sum() == 0:
@@ -97,7 +99,6 @@ def analyze_command(args: argparse.Namespace) -> int:
         args.fix_fingers = False
     if args.threads > 0:
         _limit_threads(args.threads)
-    layers = args.layers
     openers, errors = _openers(args.paths)
     for message in errors:
         print(f"{ERROR_PREFIX} {message}", file=sys.stderr)
@@ -109,7 +110,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     tables, skipped = [], []
     for path, opener in openers:
         try:
-            result = _analyze_one(path, opener, args, layers, layer_bar if len(openers) == 1 else None)
+            result = _analyze_one(path, opener, args, args.layers, layer_bar if len(openers) == 1 else None)
             tables.append(result.table)
             skipped.append(result.skipped)
         except AnalyzeError as error:
@@ -124,7 +125,8 @@ def analyze_command(args: argparse.Namespace) -> int:
         if args.output:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(args.output, index=False)
-            print(f"wrote {len(table)} rows ({len(tables)} models) to {args.output}", file=sys.stderr)
+            print(f"wrote {len(table)} rows ({len(tables)} model{'s' if len(tables) != 1 else ''}) to {args.output}",
+                  file=sys.stderr)
         else:
             table.to_csv(sys.stdout, index=False)
     if args.skipped:
