@@ -104,8 +104,21 @@ def experiment_description(name):
     """One line that says which lr and steps made an experiment's results (tables, figures, README)."""
     experiment = config["experiments"][name]
     model = experiment["model"]
-    shape = "-".join(map(str, model["widths"])) if model["name"] == "mlp" else f"d_model {model['d_model']}"
+    shape = (
+        "-".join(map(str, model["widths"]))
+        if model["name"] == "mlp"
+        else f"d_model {model['d_model']}"
+    )
     return (
         f"{name}: {model['name']} {shape}, {experiment['optimizer']['name']} lr {experiment['optimizer']['lr']:g}, "
         f"{experiment['steps']} steps, batch {experiment['batch_size']}, {experiment.get('dtype', 'float64')}"
     )
+
+
+def timescale_files(filename):
+    """``filename`` of every run of the time-scale study's experiments."""
+    return [
+        f"{RESULTS}/runs/{name}/wd{weight_decay}/seed{seed}/{filename}"
+        for name, weight_decay, seed in runs()
+        if name in config["timescale"]["experiments"]
+    ]

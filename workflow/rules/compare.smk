@@ -4,15 +4,6 @@ TIMESCALE_EXPERIMENTS = config["timescale"]["experiments"]
 PAPER_EXPERIMENT = config["paper"]["experiment"]
 
 
-def timescale_files(filename):
-    """``filename`` of every run of the time-scale study's experiments."""
-    return [
-        f"{RESULTS}/runs/{name}/wd{weight_decay}/seed{seed}/{filename}"
-        for name, weight_decay, seed in runs()
-        if name in TIMESCALE_EXPERIMENTS
-    ]
-
-
 rule timescale:
     input:
         train_logs=timescale_files("train_log.csv"),

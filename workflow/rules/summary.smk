@@ -43,7 +43,9 @@ rule tables:
     params:
         average_layers=config["htsr"]["average_layers"],
         experiments=list(config["experiments"]),
-        descriptions={name: experiment_description(name) for name in config["experiments"]},
+        descriptions={
+            name: experiment_description(name) for name in config["experiments"]
+        },
     script:
         "../scripts/tables.py"
 
