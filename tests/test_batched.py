@@ -99,7 +99,7 @@ def single_runs(tmp_path_factory):
     """The reference: each seed trained alone by train_run for 1000 float64 steps."""
     root = tmp_path_factory.mktemp("single")
     for spec in specs_for(SMALL_EXPERIMENT):
-        train_run(spec, small_dataset(), root / f"seed{spec.seed}", device="cpu", progress=False)
+        train_run(spec, small_dataset(), root / f"seed{spec.seed}", device="cpu", progress=False, cpu_engine="plain")
     return root
 
 
@@ -122,7 +122,7 @@ def test_mnist_widths_equal_separate_runs(tmp_path):
     dataset = small_dataset(num_train=400, num_test=50, features=784, classes=10)
     specs = specs_for(experiment, weight_decay=0.0)
     for spec in specs:
-        train_run(spec, dataset, tmp_path / "single" / f"seed{spec.seed}", device="cpu", progress=False)
+        train_run(spec, dataset, tmp_path / "single" / f"seed{spec.seed}", device="cpu", progress=False, cpu_engine="plain")
     train_runs(specs, dataset, [tmp_path / "batched" / f"seed{s.seed}" for s in specs], device="cpu", progress=False)
     for spec in specs:
         assert_runs_match(tmp_path / "single" / f"seed{spec.seed}", tmp_path / "batched" / f"seed{spec.seed}", RTOL)
@@ -333,5 +333,5 @@ def test_batched_snakemake_job_writes_each_runs_files_as_single_runs_do(tmp_path
     wd = float(mnist["weight_decays"][-1])
     for seed in mnist["seeds"]:
         spec = RunSpec("mnist_mlp", mnist, wd, seed, config["checkpoints"]["per_decade"], config["log"]["per_decade"])
-        train_run(spec, dataset, tmp_path / "single" / f"seed{seed}", device="cpu", progress=False)
+        train_run(spec, dataset, tmp_path / "single" / f"seed{seed}", device="cpu", progress=False, cpu_engine="plain")
         assert_runs_match(tmp_path / "single" / f"seed{seed}", workdir / f"results/runs/mnist_mlp/wd{wd}/seed{seed}", RTOL)

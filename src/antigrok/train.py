@@ -4,6 +4,14 @@ Everything a run does is decided by its config and its seed: the model's init co
 ``build_model(seed=run seed)``, the batch order from a generator of its own. A killed job that is
 started again continues from its resume state and writes bit-identical files (on CPU).
 
+A step (forward, backward, AdamW update) is computed by a *step object* (``make_step``):
+``PlainStep`` is autograd and ``torch.optim.AdamW``, the reference; on the CPU the MLP with the
+MSE loss uses ``antigrok.fast_mlp_step.FastMLPStep`` (``train.cpu_engine: fast``, the default),
+the same step without the always-zero input columns and per-step allocations, equal to the
+reference to rounding. Either keeps the model and the optimizer as the state that is
+evaluated, checkpointed and saved for resume (``sync()``), so the files are the same format and
+a resume state of one continues with the other.
+
 Files of a run (``run_dir``)::
 
     checkpoints/step{step:09d}.pt   written only when the run completes
@@ -28,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from antigrok.fast_mlp_step import FastMLPStep, unsupported_reason
 from antigrok.loading import read_checkpoint, safe_torch_load
 from antigrok.models import DTYPES, build_model
 
@@ -190,6 +199,47 @@ def learning_rate(optimizer_cfg: dict, step: int) -> float:
     return optimizer_cfg["lr"] * factor
 
 
+CPU_ENGINES = ("fast", "plain")
+
+
+class PlainStep:
+    """The reference step: autograd through the model, then ``optimizer.step()`` (torch's AdamW)."""
+
+    name = "plain"
+
+    def __init__(self, model, optimizer, x_train: torch.Tensor, y_train: torch.Tensor, loss_name: str):
+        self.model, self.optimizer = model, optimizer
+        self.x_train, self.y_train, self.loss_name = x_train, y_train, loss_name
+
+    def step(self, index: torch.Tensor, lr: float) -> None:
+        """One update on the examples ``index`` at learning rate ``lr``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(self.loss_name, self.model(self.x_train[index]), self.y_train[index])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def sync(self) -> None:
+        """The model and the optimizer are the step's own state: nothing to write back."""
+
+
+def make_step(cpu_engine: str, model, optimizer, x_train: torch.Tensor, y_train: torch.Tensor, loss_name: str):
+    """The step object of a run (``train.cpu_engine``), built from the model and optimizer as they are.
+
+    ``fast``: FastMLPStep where it applies (an MLP, the MSE loss, AdamW, on the CPU), else the
+    plain step; ``plain``: always the plain step (the reference).
+    """
+    if cpu_engine not in CPU_ENGINES:
+        raise ValueError(f"train.cpu_engine is {cpu_engine!r}; choose one of {', '.join(CPU_ENGINES)}")
+    if cpu_engine == "fast":
+        reason = unsupported_reason(model, loss_name, optimizer, x_train)
+        if reason is None:
+            return FastMLPStep(model, optimizer, x_train, y_train)
+        log.info("plain training step (train.cpu_engine fast does not apply: %s)", reason)
+    return PlainStep(model, optimizer, x_train, y_train, loss_name)
+
+
 class BatchOrder:
     """Shuffled mini-batches, a fresh permutation each epoch, from the run's own generator.
 
@@ -275,8 +325,10 @@ def _load_resume(resume_dir: Path, spec: RunSpec, device):
 
 
 def train_run(spec: RunSpec, dataset: dict, run_dir: str | Path, device: str = "auto",
-              resume_every_s: float = 60.0, progress: bool = True) -> pd.DataFrame:
+              resume_every_s: float = 60.0, progress: bool = True, cpu_engine: str = "fast") -> pd.DataFrame:
     """Train one run to ``steps``, writing its checkpoints and train_log.csv under ``run_dir``.
+
+    ``cpu_engine`` (``train.cpu_engine``): ``fast`` or ``plain``, the step object (``make_step``).
 
     Returns the train log. Raises NonFiniteLossError naming the run and step when the loss
     diverges; then no train_log.csv or checkpoints/ is written.
@@ -316,13 +368,18 @@ def train_run(spec: RunSpec, dataset: dict, run_dir: str | Path, device: str = "
         torch.set_rng_state(state["torch_rng"].cpu())
         step, rows = state["step"], state["rows"]
         log.info("resuming %s from step %d", spec.name, step)
+    stepper = make_step(cpu_engine, model, optimizer, x_train, y_train, loss_name)  # from the state as resumed
+    log.info("training %s with the %s step", spec.name, stepper.name)
 
     bar = tqdm(total=last_step, initial=step, desc=spec.name, unit="step",
                mininterval=5.0, smoothing=0.05, disable=not progress)
     last_resume_save = time.monotonic()
     while True:
+        resume_due = step > 0 and time.monotonic() - last_resume_save >= resume_every_s
+        if resume_due or step in logged or step in checkpoints:
+            stepper.sync()  # the model and optimizer are what is evaluated and saved
         # Saved before this step's log row and checkpoint: a resumed run redoes them, once.
-        if step > 0 and time.monotonic() - last_resume_save >= resume_every_s:
+        if resume_due:
             _save_resume(resume_dir, spec, step, model, optimizer, batches, rows)
             last_resume_save = time.monotonic()
         if step in logged:
@@ -339,13 +396,8 @@ def train_run(spec: RunSpec, dataset: dict, run_dir: str | Path, device: str = "
         if step == last_step:
             break
 
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg["optimizer"], step)
         index = batches.next().to(device)
-        loss = loss_fn(loss_name, model(x_train[index]), y_train[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        stepper.step(index, learning_rate(cfg["optimizer"], step))
         step += 1
         bar.update(1)
     bar.close()

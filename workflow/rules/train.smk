@@ -19,6 +19,7 @@ rule train:
         log_per_decade=config["log"]["per_decade"],
         device=config["train"]["device"],
         resume_every_s=config["train"]["resume_every_s"],
+        cpu_engine=config["train"]["cpu_engine"],
     script:
         "../scripts/train.py"
 

@@ -25,4 +25,5 @@ with to_log_file(snakemake.log[0]):
         Path(snakemake.output.train_log).parent,
         device=params.device,
         resume_every_s=params.resume_every_s,
+        cpu_engine=params.cpu_engine,
     )
