@@ -170,7 +170,8 @@ def validate_run(config: dict, experiment: str, weight_decay: float, seed: int, 
     torch.set_num_threads(config["train"]["threads"])
     dataset = prepare_dataset(experiment_cfg["dataset"], config["data"])
     with monitored_training(make_monitor) as holder:
-        train_log = antigrok.train.train_run(spec, dataset, run_dir, device=config["train"]["device"], progress=False)
+        train_log = antigrok.train.train_run(spec, dataset, run_dir, device=config["train"]["device"], progress=False,
+                                             cpu_engine=config["train"]["cpu_engine"])
     monitor = holder["monitor"]
 
     phases = segment_phases(train_log, phase_thresholds(config))
