@@ -310,6 +310,31 @@ def test_the_big_layer_path_equals_weightwatcher(monkeypatch):
     np.testing.assert_allclose(big_path["evals"], small_path["evals"], rtol=1e-12, atol=1e-13 * small_path["evals"].max())
 
 
+def test_a_big_square_layer_needs_no_svd_for_eigenvalues_below_the_cut(monkeypatch):
+    """A square W's Gram matrix is ill-conditioned: eigenvalues far below the 1e-5 cut lose their
+    relative accuracy, which the small path buys back with WeightWatcher's SVD. They do not enter
+    the power-law fit, and W_rand's spectrum is used in absolute terms only: the big path keeps the
+    Gram eigenvalues and still gives WeightWatcher's numbers."""
+    generator = rng(6)
+    left, _ = np.linalg.qr(generator.standard_normal((150, 150)))
+    right, _ = np.linalg.qr(generator.standard_normal((150, 150)))
+    singular_values = (1 - (np.arange(150) + 0.5) / 150) ** -0.5
+    singular_values[-3:] = 1e-7  # three nearly null directions: eigenvalues ~1e-14, below the cut
+    weight = (left * singular_values) @ right.T
+    reference = htsr.analyze_layer(weight, seed=3, fix_fingers="clip_xmax", engine="weightwatcher")
+    svd_calls = []
+    svd = scipy.linalg.svd
+    monkeypatch.setattr(scipy.linalg, "svd", lambda *a, **k: svd_calls.append(1) or svd(*a, **k))
+    htsr.analyze_layer(weight, seed=3, fix_fingers="clip_xmax", engine="fast")
+    assert svd_calls, "the small path takes WeightWatcher's SVD for this matrix"
+    svd_calls.clear()
+    monkeypatch.setattr(fs, "BIG_LAYER_WORK", 1)
+    big_path = htsr.analyze_layer(weight, seed=3, fix_fingers="clip_xmax", engine="fast")
+    assert not svd_calls
+    assert_same_layer(big_path, reference)
+    assert big_path["evals"].min() >= 0 and big_path["rand_evals"].min() >= 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["early", "mid", "late"])
 def test_real_mnist_checkpoints_equal_weightwatcher(smoke_workdir, which):

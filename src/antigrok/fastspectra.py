@@ -39,6 +39,7 @@ import contextlib
 import functools
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -123,24 +124,40 @@ def blas_threads_for(shape: Sequence[int]):
     return contextlib.nullcontext() if is_big_layer(shape) else single_threaded_blas()
 
 
-def esd_batch(weights: np.ndarray) -> np.ndarray:
+def esd_batch(weights: np.ndarray, shuffled: bool = False) -> np.ndarray:
     """Eigenvalues (ascending) of each W in a stack ``(..., out, in)``: squared singular values.
 
     One ``matmul`` and one ``eigvalsh`` over the whole stack, on the smaller Gram matrix: its
     eigenvalues carry an absolute error of order eps * lambda_max. Where that could matter (a nearly
     singular W, or an eigenvalue next to the 1e-5 cut of the power-law fit) the matrix's singular
     values are recomputed as WeightWatcher computes them (``scipy.linalg.svd``).
+
+    A big layer (``is_big_layer``) is judged by what its spectrum is used for: of W, only the
+    eigenvalues above the 1e-5 cut enter the power-law fit, so the smallest of those must meet
+    GRAM_MIN_RATIO (a square W's Gram matrix is always ill-conditioned, its eigenvalues below the cut
+    are not); the spectrum of a ``shuffled`` W_rand enters the MP fit, the traps and the KS test only
+    through absolute values (rescaled to mean 1), so the Gram eigenvalues are used as they are.
+    Rounding below 0 is set to 0 there (squared singular values are >= 0).
     """
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim < 2:
         raise ValueError(f"esd_batch needs matrices (..., out, in); got shape {weights.shape}")
     transposed = np.swapaxes(weights, -1, -2)
     gram = weights @ transposed if weights.shape[-2] <= weights.shape[-1] else transposed @ weights
-    evals = _symmetric_eigenvalues(gram, is_big_layer(weights.shape))
+    big = is_big_layer(weights.shape)
+    evals = _symmetric_eigenvalues(gram, big)
     del gram
     lambda_max = evals[..., -1:]
-    unreliable = (evals[..., :1] < GRAM_MIN_RATIO * lambda_max)[..., 0] | np.any(
-        np.abs(evals - EVALS_THRESH) < GRAM_ABS_ERROR * lambda_max, axis=-1)
+    near_cut = np.any(np.abs(evals - EVALS_THRESH) < GRAM_ABS_ERROR * lambda_max, axis=-1)
+    if not big:
+        unreliable = (evals[..., :1] < GRAM_MIN_RATIO * lambda_max)[..., 0] | near_cut
+    elif shuffled:
+        unreliable = np.zeros(evals.shape[:-1], dtype=bool)
+        np.maximum(evals, 0.0, out=evals)
+    else:
+        smallest_fitted = np.min(np.where(evals > EVALS_THRESH, evals, np.inf), axis=-1)
+        unreliable = (smallest_fitted < GRAM_MIN_RATIO * lambda_max[..., 0]) | near_cut
+        np.maximum(evals, 0.0, out=evals)
     for index in np.ndindex(unreliable.shape):
         if unreliable[index]:
             sv = np.sort(scipy.linalg.svd(weights[index], compute_uv=False))
@@ -178,20 +195,28 @@ def shuffled_weights(weight: np.ndarray, seed: int, out: np.ndarray | None = Non
     return replicas
 
 
-def random_esd_batch(weights: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
-    """Eigenvalues of W_rand for each W of a stack ``(K, out, in)`` and its seed: ``(K, R * M)``.
-
-    R replicas pooled and sorted, as WeightWatcher's ``random_eigenvalues``.
-    """
+def shuffled_stack(weights: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+    """``shuffled_weights`` of each W of a stack ``(K, out, in)`` with its seed: ``(K, R, out, in)``."""
     weights = np.asarray(weights, dtype=np.float64)
     if len(seeds) != len(weights):
-        raise ValueError(f"random_esd_batch: {len(weights)} matrices but {len(seeds)} seeds")
+        raise ValueError(f"shuffled_stack: {len(weights)} matrices but {len(seeds)} seeds")
     replicas = num_random_replicas(weights.shape[1:])
     shuffled = np.empty((len(weights), replicas) + weights.shape[1:])
     for weight, seed, out in zip(weights, seeds, shuffled):
         shuffled_weights(weight, int(seed), out=out)
-    evals = esd_batch(shuffled)  # (K, R, M)
-    return np.sort(evals.reshape(len(weights), -1), axis=-1)
+    return shuffled
+
+
+def random_esd_batch(weights: np.ndarray, seeds: Sequence[int], shuffled: np.ndarray | None = None) -> np.ndarray:
+    """Eigenvalues of W_rand for each W of a stack ``(K, out, in)`` and its seed: ``(K, R * M)``.
+
+    R replicas pooled and sorted, as WeightWatcher's ``random_eigenvalues``. ``shuffled``: the
+    ``shuffled_stack(weights, seeds)`` if already made.
+    """
+    if shuffled is None:
+        shuffled = shuffled_stack(weights, seeds)
+    evals = esd_batch(shuffled, shuffled=True)  # (K, R, M)
+    return np.sort(evals.reshape(len(shuffled), -1), axis=-1)
 
 
 # ---------------------------------------------------------------- power law (WW_powerlaw.WWFit)
@@ -689,8 +714,16 @@ def analyze_layer_series(weights: np.ndarray, *, seeds: Sequence[int], fix_finge
     if weights.ndim != 3:
         raise ValueError(f"analyze_layer_series needs a stack (checkpoints, out, in); got {weights.shape}")
     with blas_threads_for(weights.shape[1:]):
-        evals = esd_batch(weights)
-        rand_evals = random_esd_batch(weights, seeds)
+        if is_big_layer(weights.shape[1:]):
+            # The shuffle is serial (WeightWatcher's draws, in order) and numpy runs it without the
+            # GIL: on a big layer it runs in a thread of its own while W's Gram matrix is decomposed.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                shuffling = pool.submit(shuffled_stack, weights, seeds)
+                evals = esd_batch(weights)
+                rand_evals = random_esd_batch(weights, seeds, shuffled=shuffling.result())
+        else:
+            evals = esd_batch(weights)
+            rand_evals = random_esd_batch(weights, seeds)
         return [layer_columns(e, r, weights.shape[1:], fix_fingers) for e, r in zip(evals, rand_evals)]
 
 
