@@ -1,0 +1,77 @@
+"""The two benchmarks of issue 13 run at a tiny size, so that neither script can rot:
+benchmarks/large_layers.py (WeightWatcher against the fast engine) and
+benchmarks/own_model_memory.py (peak RSS of ``antigrok analyze`` on sharded folders)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from conftest import REPO
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_large_layers_compares_the_engines_at_a_tiny_size(capsys):
+    benchmark = load_script("large_layers")
+    report = benchmark.main(["--shapes", "64x96"])
+    out = capsys.readouterr().out
+    entry = report["64x96"]
+    assert set(entry["engines"]) == {"weightwatcher", "fast"}
+    for _, timing in entry["engines"].values():
+        assert timing["wall"] > 0 and timing["cpu"] >= 0
+    assert entry["differences"]["alpha"] < 1e-9
+    assert entry["differences"]["xmin"] < 1e-9
+    assert entry["differences"]["rand_sigma_mp"] < 1e-6
+    assert entry["traps"][0] == entry["traps"][1]
+    assert entry["traps"][0] > 0, "the mean shift of the synthetic layer gives Correlation Traps"
+    assert list(entry["steps"]) == ["eigenvalues of W (esd_batch)", "  of which: Gram matrix product",
+                                    "  of which: eigvalsh", "shuffle (WeightWatcher's draws)",
+                                    "eigenvalues of W_rand", "rest: power law, MP fit, traps, KS"]
+    assert "side by side" in out and "64x96 | weightwatcher" in out
+
+
+def test_large_layers_breakdown_only_runs_no_engine(capsys):
+    benchmark = load_script("large_layers")
+    report = benchmark.main(["--shapes", "32x48", "--breakdown", "only"])
+    assert report["32x48"]["engines"] == {}
+    assert "sum of the steps (CPU)" in capsys.readouterr().out
+
+
+def test_synthetic_layer_is_fixed_by_its_seed():
+    benchmark = load_script("large_layers")
+    first, again, other = (benchmark.synthetic_layer(8, 12, seed) for seed in (0, 0, 1))
+    assert first.shape == (8, 12)
+    assert (first == again).all() and not (first == other).all()
+
+
+def test_own_model_memory_writes_index_and_shards(tmp_path):
+    from antigrok.loading import open_model
+
+    benchmark = load_script("own_model_memory")
+    folder = tmp_path / "model"
+    size = benchmark.write_model(folder, 5, (16, 24), "bfloat16")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    assert shards == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert len(index) == 10 and set(index.values()) == set(shards)
+    assert size == sum(p.stat().st_size for p in folder.iterdir())
+    tensors = {t.name: t for source in open_model(folder) for t in source.tensors}
+    assert tensors["model.layers.4.mlp.weight"].shape == (16, 24)
+    assert tensors["model.layers.4.mlp.weight"].dtype == "bfloat16"
+    assert tensors["model.layers.4.norm.weight"].shape == (24,)
+
+
+def test_own_model_memory_measures_antigrok_analyze(capsys):
+    benchmark = load_script("own_model_memory")
+    rows = benchmark.main(["--num-layers", "2", "--shape", "64x96"])  # one child process: ~5 s of CPU
+    assert [row["layers"] for row in rows] == [2]  # main checks that htsr.csv has 2 rows
+    assert rows[0]["peak_rss_mb"] > 10  # an interpreter with numpy at least
+    assert rows[0]["cpu_s"] > 0
+    assert rows[0]["float64_mb"] == pytest.approx(2 * 64 * 96 * 8 / 2**20)
+    assert "peak RSS MB" in capsys.readouterr().out
