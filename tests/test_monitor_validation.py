@@ -58,3 +58,41 @@ def test_workflow_alarm_steps_reads_the_run(tmp_path):
     assert validation.workflow_alarm_steps(path, {"experiment": "e", "weight_decay": 0.0, "seed": 1}) == {
         "alpha_below_critical": 700}
     assert validation.workflow_alarm_steps(tmp_path / "missing.csv", {}) == {}
+
+
+def load_plot_script():
+    spec = importlib.util.spec_from_file_location("plot_monitor_validation", REPO / "benchmarks" / "plot_monitor_validation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_validation_run(run_dir):
+    """A run folder as monitor_validation.py writes it, small and hand-made."""
+    run_dir.mkdir(parents=True)
+    steps = [1, 10, 100, 1000, 10000]
+    pd.DataFrame({"step": steps, "train_acc": [0.1, 0.5, 1.0, 1.0, 1.0], "test_acc": [0.1, 0.3, 0.5, 0.8, 0.6]}).to_csv(
+        run_dir / "train_log.csv", index=False)
+    rows = [{"step": s, "layer": layer, "alpha": a, "num_traps": t}
+            for s, a, t in zip(steps, [5.0, 4.0, 3.0, 2.5, 1.8], [0, 0, 1, 1, 3]) for layer in ("fc1", "fc2")]
+    pd.DataFrame(rows).to_csv(run_dir / "monitor.csv", index=False)
+    pd.DataFrame({"alarm": ["alpha_below_critical", "correlation_trap"], "monitor_step": [10000, 100],
+                  "peak_step": [1000, 1000], "collapse_step": [10000, 10000]}).to_csv(run_dir / "validation.csv", index=False)
+
+
+def test_the_validation_figure_is_drawn_from_the_run_folders(tmp_path):
+    plot = load_plot_script()
+    runs = [tmp_path / "mnist" / wd / "seed0" for wd in ("wd0.0", "wd0.01")]
+    for run_dir in runs:
+        write_validation_run(run_dir)
+    out = tmp_path / "validation.png"
+    assert plot.main([str(r) for r in runs] + ["--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    assert plot.run_title(runs[1]) == "mnist, weight decay 0.01, seed0"
+
+
+def test_the_validation_figure_names_a_folder_that_is_not_a_run(tmp_path, capsys):
+    plot = load_plot_script()
+    with pytest.raises(SystemExit):
+        plot.main([str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert "monitor.csv" in capsys.readouterr().err
