@@ -59,6 +59,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, num_queries: int) -> torch.Tensor:
         """The attention output at the last ``num_queries`` positions of ``x`` (batch, pos, d_model)."""
+        if num_queries == 1:
+            return self._last_position(x)
         length = x.shape[1]
         query_positions = torch.arange(length - num_queries, length, device=x.device)
         key_positions = torch.arange(length, device=x.device)
@@ -69,6 +71,21 @@ class Attention(nn.Module):
         pattern = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
         mixed = (pattern @ values).transpose(1, 2).flatten(2)  # heads concatenated, as W_O expects
         return self.o(mixed)
+
+    def _last_position(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x, 1)``: the last position attends to every position, so the causal mask hides
+        nothing, and each head's scores and mix are sums over n_ctx = 3 terms. As elementwise
+        products summed over a short axis they cost a fraction of the thousands of (1 x d_head) @
+        (d_head x 3) products a batched matmul would run (benchmarks/modadd_step.py); equal to
+        that computation to rounding."""
+        batch, length, _ = x.shape
+        per_head = (batch, length, self.num_heads, self.d_head)
+        query = self.q(x[:, -1:]).view(batch, 1, self.num_heads, self.d_head)
+        keys, values = self.k(x).view(per_head), self.v(x).view(per_head)
+        scores = (query * keys).sum(-1) / math.sqrt(self.d_head)  # (batch, key position, head)
+        pattern = torch.softmax(scores, dim=1)
+        mixed = (pattern.unsqueeze(-1) * values).sum(1)  # (batch, head, d_head)
+        return self.o(mixed.flatten(1)).unsqueeze(1)  # heads concatenated, as W_O expects
 
 
 class TransformerMLP(nn.Module):
