@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 
 from antigrok import batched
-from antigrok.batched import BatchedTrainer, mlp_gradients, next_batches, train_runs
+from antigrok.batched import BatchedTrainer, mlp_gradients, train_runs
 from antigrok.data import load_dataset
 from antigrok.models import build_model
 from antigrok.train import (
@@ -178,7 +178,7 @@ def test_batches_in_bulk_equal_one_batch_at_a_time(batch_size):
     one_by_one, in_bulk = BatchOrder(48, batch_size, seed=5), BatchOrder(48, batch_size, seed=5)
     for count in [1, 2, 7, 3, 11]:
         expected = torch.stack([one_by_one.next() for _ in range(count)])
-        assert torch.equal(next_batches(in_bulk, count), expected)
+        assert torch.equal(in_bulk.take(count), expected)
     assert in_bulk.position == one_by_one.position
     assert torch.equal(in_bulk.generator.get_state(), one_by_one.generator.get_state())
 

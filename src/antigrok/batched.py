@@ -16,8 +16,8 @@ happen between replays, at logging steps only; checkpoint files are written by a
 thread.
 
 Files: each run's ``checkpoints/`` and ``train_log.csv`` exactly as train_run writes them (its
-``save_checkpoint``, ``evaluation_row`` and ``_finish``), staged in ``RUN_DIR/.resume/checkpoints``
-until the group completes; the group's resume state in ``resume_dir`` (by default
+``save_checkpoint`` and ``evaluation_row``), staged and finished by the resume protocol of
+antigrok.resume as a single run's are; the group's resume state in ``resume_dir`` (by default
 ``.resume-batched`` beside the run directories).
 
 The engine covers the MLP with the MSE loss (the paper's MNIST experiment); other experiments
@@ -26,13 +26,10 @@ train one run at a time (``unsupported_reason`` says why).
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import logging
 import os
-import shutil
-import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -40,30 +37,26 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from antigrok.loading import safe_torch_load
 from antigrok.models import DTYPES, build_model
 from antigrok.train import (
     BatchOrder,
-    NonFiniteLossError,
     RunSpec,
-    _finish,
+    check_model_fits_data,
     checkpoint_path,
-    checkpoint_steps,
-    evaluation_row,
     learning_rate,
-    log_steps,
     make_optimizer,
     resolve_device,
+    run_files,
+    run_loop,
     save_checkpoint,
 )
+from antigrok.resume import Resume
 
 log = logging.getLogger(__name__)
 
 RESUME_FORMAT = "antigrok.batched-resume/1"
 RESUME_DIR_NAME = ".resume-batched"
-MAX_SEGMENT_STEPS = 256  # steps between two looks at the clock (resume state) when no log step is due
 
 
 def unsupported_reason(experiment_cfg: dict) -> str | None:
@@ -75,27 +68,6 @@ def unsupported_reason(experiment_cfg: dict) -> str | None:
     if loss != "mse":
         return f"loss is {loss!r}; the batched engine implements the MSE loss only"
     return None
-
-
-def next_batches(order: BatchOrder, count: int) -> torch.Tensor:
-    """``count`` batches of ``order`` as a ``[count, batch]`` tensor: ``count`` calls of ``next()``.
-
-    Slices whole epochs at a time instead of one batch per call; leaves ``order`` in the state
-    that ``count`` calls of ``order.next()`` leave it in.
-    """
-    if order.batch_size == order.num_examples:
-        return torch.arange(order.num_examples).expand(count, -1)
-    pieces = []
-    while count > 0:
-        if order.position == order.batches_per_epoch:
-            order.permutation = torch.randperm(order.num_examples, generator=order.generator)
-            order.position = 0
-        take = min(count, order.batches_per_epoch - order.position)
-        start = order.position * order.batch_size
-        pieces.append(order.permutation[start:start + take * order.batch_size].view(take, order.batch_size))
-        order.position += take
-        count -= take
-    return torch.cat(pieces) if pieces else torch.empty(0, order.batch_size, dtype=torch.int64)
 
 
 def mlp_gradients(weights, biases, x, target, weight_grads, bias_grads) -> None:
@@ -185,13 +157,13 @@ class BatchedTrainer:
         self.y_test = dataset["y_test"].to(self.device)
         if self.x_train.is_floating_point():  # as train_run: inputs in the model's dtype
             self.x_train, self.x_test = self.x_train.to(self.dtype), self.x_test.to(self.dtype)
-        self.inputs = self.x_train.flatten(1)  # the MLP flattens its input
-        num_classes = cfg["model"]["widths"][-1]
-        self.targets = F.one_hot(self.y_train, num_classes).to(self.dtype)
-
         # Each run's own init; these modules also serve evaluation and checkpoints.
         self.models = [build_model(cfg["model"], cfg.get("dtype", "float64"), seed=spec.seed).to(self.device)
                        for spec in specs]
+        check_model_fits_data(self.models[0], dataset, specs[0])  # the runs differ in their seed only
+        self.inputs = self.x_train.flatten(1)  # the MLP flattens its input
+        num_classes = cfg["model"]["widths"][-1]
+        self.targets = F.one_hot(self.y_train, num_classes).to(self.dtype)
         self.names = [name for name, _ in self.models[0].named_parameters()]
         self.stacks = {name: torch.stack([m.get_parameter(name).detach() for m in self.models]).contiguous()
                        for name in self.names}
@@ -283,7 +255,7 @@ class BatchedTrainer:
             self.host_ready[slot].synchronize()  # its previous copy must be done before reuse
         host = self.host_slots[slot]
         for run, order in enumerate(self.batches):
-            host[:size, run] = next_batches(order, size)
+            host[:size, run] = order.take(size)
         self.index_slots[:size].copy_(host[:size], non_blocking=True)
         if self.device.type == "cuda":
             self.host_ready[slot] = torch.cuda.Event()
@@ -419,37 +391,40 @@ def default_resume_dir(run_dirs: list[Path]) -> Path:
     return Path(os.path.commonpath([str(Path(d).resolve()) for d in run_dirs])) / RESUME_DIR_NAME
 
 
-def _load_group_resume(resume_dir: Path, specs, staged_dirs, checkpoints) -> dict | None:
-    path = resume_dir / "state.pt"
-    if not path.exists():
-        return None
-    # On the CPU first: the batch orders' generator states must stay there; load_state_dict moves the rest.
-    state = safe_torch_load(path)  # weights_only: never unpickles code
-    if state.get("fingerprint") != group_fingerprint(specs):
-        log.warning("discarding the resume state in %s: its runs or config differ from this group's", resume_dir)
-        return None
-    needed = {checkpoint_path(Path(), s).name for s in checkpoints if s < state["step"]}
-    for spec, staged in zip(specs, staged_dirs):
-        present = {p.name for p in staged.glob("step*.pt")}
-        if not needed <= present:
-            log.warning("discarding the resume state in %s: staged checkpoints of %s are missing",
-                        resume_dir, spec.name)
-            return None
-    return state
+class _GroupEngine:
+    """The group as ``antigrok.train.run_loop``'s engine: the trainer and its checkpoint writer."""
 
+    def __init__(self, trainer: BatchedTrainer, staged_dirs: list[Path]):
+        self.trainer = trainer
+        self.specs, self.models, self.loss_name = trainer.specs, trainer.models, trainer.loss_name
+        self.train_data, self.test_data = (trainer.x_train, trainer.y_train), (trainer.x_test, trainer.y_test)
+        self.writer = _CheckpointWriter(trainer, staged_dirs)
 
-def _save_group_resume(resume_dir: Path, specs, step: int, trainer: BatchedTrainer, rows) -> None:
-    state = {"format": RESUME_FORMAT, "fingerprint": group_fingerprint(specs), "step": step,
-             "trainer": trainer.state_dict(), "rows": rows}
-    tmp = resume_dir / "state.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(resume_dir / "state.pt")
+    def restore(self, state: dict) -> tuple[int, list[list[dict]]]:
+        self.trainer.load_state_dict(state["trainer"])
+        return state["step"], state["rows"]
 
+    def start(self) -> None:
+        """The trainer is ready as built (its CUDA graphs are captured on the first chunked steps)."""
 
-def _remove_resume_state(resume_dir: Path, run_dirs: list[Path]) -> None:
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    for run_dir in run_dirs:
-        shutil.rmtree(run_dir / ".resume", ignore_errors=True)
+    def advance(self, step: int, count: int) -> None:
+        self.trainer.train(step, count)
+
+    def sync(self) -> None:
+        self.trainer.sync_models()
+
+    def state(self, step: int, rows) -> dict:
+        return {"format": RESUME_FORMAT, "fingerprint": group_fingerprint(self.specs), "step": step,
+                "trainer": self.trainer.state_dict(), "rows": rows}
+
+    def write_checkpoints(self, step: int, paths: list[Path]) -> None:
+        self.writer.write(step)
+
+    def wait(self) -> None:
+        self.writer.wait()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def train_runs(specs: list[RunSpec], dataset: dict, run_dirs: list[str | Path], *,
@@ -459,70 +434,19 @@ def train_runs(specs: list[RunSpec], dataset: dict, run_dirs: list[str | Path], 
     """Train the runs ``specs`` (the seeds of one experiment and weight decay) together.
 
     Writes each run's checkpoints and train_log.csv under its ``run_dirs`` entry exactly as
-    ``train_run`` would, and returns their train logs. A group that was interrupted continues
-    from its resume state (refreshed at most every ``resume_every_s`` seconds, between steps)
-    and writes bit-identical files on CPU. Raises NonFiniteLossError naming the first diverged
-    run and the step; then no run has a train_log.csv or checkpoints/.
+    ``train_run`` would (the same loop, ``antigrok.train.run_loop``), and returns their train
+    logs. A group that was interrupted continues from its resume state (refreshed at most every
+    ``resume_every_s`` seconds, between steps) and writes bit-identical files on CPU. Raises
+    NonFiniteLossError naming the first diverged run and the step; then no run has a
+    train_log.csv or checkpoints/.
     """
     run_dirs = [Path(d) for d in run_dirs]
     if len(run_dirs) != len(specs):
         raise ValueError(f"{len(specs)} runs but {len(run_dirs)} run directories")
     first = specs[0]
-    last_step = first.experiment_cfg["steps"]
-    checkpoints = set(checkpoint_steps(last_step, first.checkpoint_per_decade))
-    logged = set(log_steps(last_step, first.log_per_decade, first.checkpoint_per_decade))
-    events = sorted(logged | checkpoints)
     resume_dir = Path(resume_dir) if resume_dir is not None else default_resume_dir(run_dirs)
-    staged_dirs = [run_dir / ".resume" / "checkpoints" for run_dir in run_dirs]
-
+    files = [run_files(spec, run_dir) for spec, run_dir in zip(specs, run_dirs)]
     trainer = BatchedTrainer(specs, dataset, device=device, unroll=unroll, cuda_graph=cuda_graph, chunked=chunked)
     name = f"{first.experiment}/wd{first.weight_decay}/seeds{','.join(str(s.seed) for s in specs)}"
-    state = _load_group_resume(resume_dir, specs, staged_dirs, checkpoints)
-    step, rows = 0, [[] for _ in specs]
-    if state is None:  # a fresh start: nothing staged by another config or attempt may survive
-        _remove_resume_state(resume_dir, run_dirs)
-    else:
-        trainer.load_state_dict(state["trainer"])
-        step, rows = state["step"], state["rows"]
-        log.info("resuming %s from step %d", name, step)
-    resume_dir.mkdir(parents=True, exist_ok=True)
-    for staged in staged_dirs:
-        staged.mkdir(parents=True, exist_ok=True)
-
-    writer = _CheckpointWriter(trainer, staged_dirs)
-    train_data, test_data = (trainer.x_train, trainer.y_train), (trainer.x_test, trainer.y_test)
-    bar = tqdm(total=last_step, initial=step, desc=name, unit="step", mininterval=5.0, smoothing=0.05,
-               disable=not progress)
-    last_resume_save = time.monotonic()
-    try:
-        while True:
-            # A resume state is saved before the events of its step, so they run exactly once.
-            if step in logged or step in checkpoints:
-                trainer.sync_models()
-            if step in logged:
-                for run, (model, spec) in enumerate(zip(trainer.models, specs)):
-                    rows[run].append(evaluation_row(model, spec, step, train_data, test_data, trainer.loss_name))
-                bar.set_postfix(train_acc=f"{rows[0][-1]['train_acc']:.3f}",
-                                test_acc=f"{rows[0][-1]['test_acc']:.3f}", refresh=False)
-            if step in checkpoints:
-                writer.write(step)
-            if step == last_step:
-                break
-            target = min(events[bisect.bisect_right(events, step)], step + MAX_SEGMENT_STEPS)
-            trainer.train(step, target - step)
-            bar.update(target - step)
-            step = target
-            if time.monotonic() - last_resume_save >= resume_every_s:
-                writer.wait()  # the state claims the checkpoints before it: they must be on disk
-                _save_group_resume(resume_dir, specs, step, trainer, rows)
-                last_resume_save = time.monotonic()
-    except NonFiniteLossError:
-        writer.close()
-        _remove_resume_state(resume_dir, run_dirs)
-        raise
-    finally:
-        writer.close()
-        bar.close()
-
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    return [_finish(run_dir, run_dir / ".resume", run_rows) for run_dir, run_rows in zip(run_dirs, rows)]
+    resume = Resume(resume_dir, group_fingerprint(specs), files, name)
+    return run_loop(_GroupEngine(trainer, [run.staged for run in files]), resume, name, resume_every_s, progress)

@@ -21,11 +21,11 @@ Files of a run (``run_dir``)::
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from antigrok.fast_mlp_step import FastMLPStep, unsupported_reason
-from antigrok.loading import read_checkpoint, safe_torch_load
+from antigrok.loading import read_checkpoint
 from antigrok.models import DTYPES, build_model
+from antigrok.resume import Resume, RunFiles, checkpoint_path  # noqa: F401 (checkpoint_path: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,23 @@ class BatchOrder:
         self.position += 1
         return self.permutation[start:start + self.batch_size]
 
+    def take(self, count: int) -> torch.Tensor:
+        """The next ``count`` batches as a ``[count, batch]`` tensor, equal to ``count`` calls of
+        ``next()`` and leaving the order where they leave it; slices whole epochs at a time."""
+        if self.batch_size == self.num_examples:
+            return torch.arange(self.num_examples).expand(count, -1)
+        pieces = []
+        while count > 0:
+            if self.position == self.batches_per_epoch:
+                self.permutation = torch.randperm(self.num_examples, generator=self.generator)
+                self.position = 0
+            take = min(count, self.batches_per_epoch - self.position)
+            start = self.position * self.batch_size
+            pieces.append(self.permutation[start:start + take * self.batch_size].view(take, self.batch_size))
+            self.position += take
+            count -= take
+        return torch.cat(pieces) if pieces else torch.empty(0, self.batch_size, dtype=torch.int64)
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "permutation": self.permutation,
                 "position": self.position}
@@ -273,10 +291,6 @@ class BatchOrder:
         self.generator.set_state(state["generator"])
         self.permutation = state["permutation"]
         self.position = state["position"]
-
-
-def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
-    return Path(checkpoint_dir) / f"step{step:09d}.pt"
 
 
 def save_checkpoint(path: Path, model, spec: RunSpec, step: int) -> None:
@@ -297,31 +311,139 @@ def save_checkpoint(path: Path, model, spec: RunSpec, step: int) -> None:
     tmp.replace(path)
 
 
-def _save_resume(resume_dir: Path, spec: RunSpec, step, model, optimizer, batches, rows) -> None:
-    state = {
-        "fingerprint": spec.fingerprint(),
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "batches": batches.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "rows": rows,
-    }
-    tmp = resume_dir / "state.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(resume_dir / "state.pt")
+MAX_SEGMENT_STEPS = 256  # steps between two looks at the clock (resume state) when no event is due
 
 
-def _load_resume(resume_dir: Path, spec: RunSpec, device):
-    path = resume_dir / "state.pt"
-    if not path.exists():
-        return None
-    # On the CPU: generator states must stay there; load_state_dict moves the rest to the device.
-    state = safe_torch_load(path)
-    if state["fingerprint"] != spec.fingerprint():
-        log.warning("discarding resume state of %s: its config differs from this run's", spec.name)
-        return None
-    return state
+def run_files(spec: RunSpec, run_dir: str | Path) -> RunFiles:
+    """The files of ``spec``'s run under ``run_dir`` (see antigrok.resume)."""
+    steps = checkpoint_steps(spec.experiment_cfg["steps"], spec.checkpoint_per_decade)
+    return RunFiles(run_dir, spec.name, spec.fingerprint(), steps)
+
+
+def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress: bool) -> list[pd.DataFrame]:
+    """The training loop of both engines: events (log rows, checkpoints), resume states, finishing.
+
+    ``engine`` computes the steps of its runs (``SingleRun`` here, ``antigrok.batched``'s group):
+    ``specs``, ``models`` (evaluated and checkpointed), ``train_data``, ``test_data``,
+    ``loss_name``; ``restore(state) -> (step, rows)`` and ``state(step, rows)`` (the resume
+    state), ``start()``, ``advance(step, count)``, ``sync()`` (the models hold the current
+    parameters), ``write_checkpoints(step, paths)``, ``wait()`` (checkpoints on disk), ``close()``.
+    Returns the train logs, one per run. A resume state is saved before the events of its step,
+    so a resumed run does them exactly once.
+    """
+    first = engine.specs[0]
+    last_step = first.experiment_cfg["steps"]
+    checkpoints = set(checkpoint_steps(last_step, first.checkpoint_per_decade))
+    logged = set(log_steps(last_step, first.log_per_decade, first.checkpoint_per_decade))
+    events = sorted(logged | checkpoints)
+    finished = resume.finished_logs()
+    if finished is not None:
+        engine.close()
+        return finished
+    step, rows = 0, [[] for _ in engine.specs]
+    state = resume.load()
+    if state is not None:
+        step, rows = engine.restore(state)
+        log.info("resuming %s from step %d", name, step)
+    engine.start()
+
+    bar = tqdm(total=last_step, initial=step, desc=name, unit="step", mininterval=5.0, smoothing=0.05,
+               disable=not progress)
+    last_resume_save = time.monotonic()
+    try:
+        while True:
+            if step in logged or step in checkpoints:
+                engine.sync()  # the models are what is evaluated and saved
+            if step in logged:
+                for run_rows, model, spec in zip(rows, engine.models, engine.specs):
+                    run_rows.append(evaluation_row(model, spec, step, engine.train_data, engine.test_data,
+                                                   engine.loss_name))
+                bar.set_postfix(train_acc=f"{rows[0][-1]['train_acc']:.3f}",
+                                test_acc=f"{rows[0][-1]['test_acc']:.3f}", refresh=False)
+            if step in checkpoints:
+                engine.write_checkpoints(step, [run.staged_checkpoint(step) for run in resume.runs])
+            if step == last_step:
+                break
+            target = min(events[bisect.bisect_right(events, step)], step + MAX_SEGMENT_STEPS)
+            engine.advance(step, target - step)
+            bar.update(target - step)
+            step = target
+            if time.monotonic() - last_resume_save >= resume_every_s:
+                engine.wait()  # the state claims the checkpoints before it: they must be on disk
+                resume.save(engine.state(step, rows))
+                last_resume_save = time.monotonic()
+    except NonFiniteLossError:
+        engine.close()
+        resume.discard()
+        raise
+    finally:
+        engine.close()
+        bar.close()
+    return resume.finish([pd.DataFrame(run_rows, columns=TRAIN_LOG_COLUMNS) for run_rows in rows])
+
+
+class SingleRun:
+    """One run as ``run_loop``'s engine: its model, AdamW, batch order and step object."""
+
+    def __init__(self, spec: RunSpec, dataset: dict, device: str = "auto", cpu_engine: str = "fast"):
+        cfg = spec.experiment_cfg
+        self.spec, self.specs, self.cfg = spec, [spec], cfg
+        self.device = resolve_device(device)
+        dtype = DTYPES[cfg.get("dtype", "float64")]
+        self.loss_name = cfg.get("loss", "mse")
+        self.cpu_engine = cpu_engine
+        x_train, y_train = dataset["x_train"].to(self.device), dataset["y_train"].to(self.device)
+        x_test, y_test = dataset["x_test"].to(self.device), dataset["y_test"].to(self.device)
+        if x_train.is_floating_point():
+            x_train, x_test = x_train.to(dtype), x_test.to(dtype)
+        self.train_data, self.test_data = (x_train, y_train), (x_test, y_test)
+        self.model = build_model(cfg["model"], cfg.get("dtype", "float64"), seed=spec.seed).to(self.device)
+        check_model_fits_data(self.model, dataset, spec)
+        self.models = [self.model]
+        self.optimizer = make_optimizer(self.model, cfg["optimizer"], spec.weight_decay)
+        self.batches = BatchOrder(len(x_train), cfg["batch_size"], spec.seed)
+        self.stepper = None
+
+    def restore(self, state: dict) -> tuple[int, list[list[dict]]]:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        return state["step"], [state["rows"]]
+
+    def start(self) -> None:
+        """The step object, built from the model and optimizer as they are (resumed or fresh)."""
+        self.stepper = make_step(self.cpu_engine, self.model, self.optimizer, *self.train_data, self.loss_name)
+        log.info("training %s with the %s step", self.spec.name, self.stepper.name)
+
+    def advance(self, step: int, count: int) -> None:
+        for offset in range(count):
+            index = self.batches.next().to(self.device)
+            self.stepper.step(index, learning_rate(self.cfg["optimizer"], step + offset))
+
+    def sync(self) -> None:
+        self.stepper.sync()
+
+    def state(self, step: int, rows: list[list[dict]]) -> dict:
+        self.sync()
+        return {
+            "fingerprint": self.spec.fingerprint(),
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "batches": self.batches.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "rows": rows[0],
+        }
+
+    def write_checkpoints(self, step: int, paths: list[Path]) -> None:
+        save_checkpoint(paths[0], self.model, self.spec, step)
+
+    def wait(self) -> None:
+        """Checkpoints are written in the foreground: nothing to wait for."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def train_run(spec: RunSpec, dataset: dict, run_dir: str | Path, device: str = "auto",
@@ -333,90 +455,10 @@ def train_run(spec: RunSpec, dataset: dict, run_dir: str | Path, device: str = "
     Returns the train log. Raises NonFiniteLossError naming the run and step when the loss
     diverges; then no train_log.csv or checkpoints/ is written.
     """
-    cfg = spec.experiment_cfg
-    run_dir = Path(run_dir)
-    device = resolve_device(device)
-    dtype = DTYPES[cfg.get("dtype", "float64")]
-    last_step = cfg["steps"]
-    loss_name = cfg.get("loss", "mse")
-
-    x_train = dataset["x_train"].to(device)
-    y_train = dataset["y_train"].to(device)
-    x_test = dataset["x_test"].to(device)
-    y_test = dataset["y_test"].to(device)
-    if x_train.is_floating_point():
-        x_train, x_test = x_train.to(dtype), x_test.to(dtype)
-
-    model = build_model(cfg["model"], cfg.get("dtype", "float64"), seed=spec.seed).to(device)
-    check_model_fits_data(model, dataset, spec)
-    optimizer = make_optimizer(model, cfg["optimizer"], spec.weight_decay)
-    batches = BatchOrder(len(x_train), cfg["batch_size"], spec.seed)
-
-    checkpoints = set(checkpoint_steps(last_step, spec.checkpoint_per_decade))
-    logged = set(log_steps(last_step, spec.log_per_decade, spec.checkpoint_per_decade))
-    resume_dir = run_dir / ".resume"
-    staged_checkpoints = resume_dir / "checkpoints"
-    step, rows = 0, []
-    state = _load_resume(resume_dir, spec, device)
-    if state is None:  # a fresh start: nothing staged by another config may survive
-        shutil.rmtree(resume_dir, ignore_errors=True)
-    staged_checkpoints.mkdir(parents=True, exist_ok=True)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["batches"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        step, rows = state["step"], state["rows"]
-        log.info("resuming %s from step %d", spec.name, step)
-    stepper = make_step(cpu_engine, model, optimizer, x_train, y_train, loss_name)  # from the state as resumed
-    log.info("training %s with the %s step", spec.name, stepper.name)
-
-    bar = tqdm(total=last_step, initial=step, desc=spec.name, unit="step",
-               mininterval=5.0, smoothing=0.05, disable=not progress)
-    last_resume_save = time.monotonic()
-    while True:
-        resume_due = step > 0 and time.monotonic() - last_resume_save >= resume_every_s
-        if resume_due or step in logged or step in checkpoints:
-            stepper.sync()  # the model and optimizer are what is evaluated and saved
-        # Saved before this step's log row and checkpoint: a resumed run redoes them, once.
-        if resume_due:
-            _save_resume(resume_dir, spec, step, model, optimizer, batches, rows)
-            last_resume_save = time.monotonic()
-        if step in logged:
-            try:
-                row = evaluation_row(model, spec, step, (x_train, y_train), (x_test, y_test), loss_name)
-            except NonFiniteLossError:
-                shutil.rmtree(resume_dir, ignore_errors=True)
-                raise
-            rows.append(row)
-            bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", test_acc=f"{row['test_acc']:.3f}",
-                            refresh=False)
-        if step in checkpoints:
-            save_checkpoint(checkpoint_path(staged_checkpoints, step), model, spec, step)
-        if step == last_step:
-            break
-
-        index = batches.next().to(device)
-        stepper.step(index, learning_rate(cfg["optimizer"], step))
-        step += 1
-        bar.update(1)
-    bar.close()
-
-    return _finish(run_dir, resume_dir, rows)
-
-
-def _finish(run_dir: Path, resume_dir: Path, rows: list[dict]) -> pd.DataFrame:
-    """Move the staged checkpoints into place and write train_log.csv, last, atomically."""
-    train_log = pd.DataFrame(rows, columns=TRAIN_LOG_COLUMNS)
-    final_checkpoints = run_dir / "checkpoints"
-    if final_checkpoints.exists():
-        shutil.rmtree(final_checkpoints)
-    (resume_dir / "checkpoints").replace(final_checkpoints)
-    tmp = run_dir / "train_log.csv.tmp"
-    train_log.to_csv(tmp, index=False)
-    tmp.replace(run_dir / "train_log.csv")
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    return train_log
+    engine = SingleRun(spec, dataset, device=device, cpu_engine=cpu_engine)
+    files = run_files(spec, run_dir)
+    resume = Resume(files.resume_dir, spec.fingerprint(), [files], spec.name)
+    return run_loop(engine, resume, spec.name, resume_every_s, progress)[0]
 
 
 def load_checkpoint(path: str | Path) -> dict:
