@@ -16,7 +16,7 @@ import yaml
 from scipy import optimize
 
 from antigrok import fastspectra as fs
-from antigrok import htsr
+from antigrok import htsr, spectral
 
 REPO = Path(__file__).resolve().parents[1]
 # Issue 9: alpha, xmin, num_pl_spikes within 1e-9 relative, rand_sigma_mp within 1e-6, same traps.
@@ -225,15 +225,33 @@ def test_mp_fit_is_weightwatchers_mp_fit(ww, shape):
     assert fit["ww_num_traps"] == spikes
 
 
-def test_mp_ks_test_is_htsrs():
+def test_mp_ks_test_equals_scipys_kstest():
+    """The one mp_ks_test (antigrok.spectral, both engines use it) is scipy.stats.kstest of the
+    rescaled ESD against the MP CDF, bit for bit."""
+    from scipy import stats
+
     for shape, sigma in (((60, 150), 1.0), ((70, 70), 0.97), ((12, 50), 1.2), ((40, 80), math.nan)):
         rand_evals = np.sort(fs.esd_batch(rng(11).standard_normal(shape)))
         N, M = max(shape), min(shape)
-        got, reference = fs.mp_ks_test(rand_evals, N, M, sigma), htsr.mp_ks_test(rand_evals, N, M, sigma)
+        got = spectral.mp_ks_test(rand_evals, N, M, sigma)
+        assert fs.mp_ks_test is spectral.mp_ks_test and htsr.mp_ks_test is spectral.mp_ks_test
         if math.isnan(sigma):
-            assert all(math.isnan(v) for v in got + reference)
-        else:
-            assert got == reference
+            assert all(math.isnan(v) for v in got)
+            continue
+        rescaled, _ = spectral.rescale_like_weightwatcher(rand_evals)
+        reference = stats.kstest(rescaled, lambda x: spectral.mp_cdf(x, N / M, sigma))
+        assert got == (float(reference.statistic), float(reference.pvalue))
+
+
+def test_the_mp_fit_reports_the_shared_bulk_edge_and_tracy_widom_term():
+    """marchenko_pastur_fit and antigrok.traps count with the same formulas (antigrok.spectral)."""
+    for shape in ((60, 150), (12, 50)):
+        rand_evals = np.sort(fs.esd_batch(rng(3).standard_normal(shape)))
+        N, M = max(shape), min(shape)
+        fit = fs.marchenko_pastur_fit(rand_evals, N, M)
+        cut = spectral.tracy_widom_cutoff(rand_evals, rows=N, cols=M, sigma=fit["rand_sigma_mp"])
+        assert (fit["rand_lambda_plus"], fit["rand_tw_term"]) == (cut["lambda_plus"], cut["tw_term"])
+        assert fit["ww_num_traps"] == int(np.count_nonzero(cut["rescaled"] > cut["rescaled_cutoff"]))
 
 
 # --------------------------------------------------------------------------- whole layers

@@ -46,6 +46,8 @@ from typing import Sequence
 import numpy as np
 import scipy.linalg
 
+from antigrok.spectral import mp_bulk_edge, mp_ks_test, rescale_like_weightwatcher, tracy_widom_term
+
 log = logging.getLogger(__name__)
 
 # WeightWatcher 0.7.5.5 constants (weightwatcher/constants.py, RMT_Util.py, WeightWatcher.mp_fit).
@@ -620,10 +622,7 @@ def marchenko_pastur_fit(rand_evals: np.ndarray, N: int, M: int) -> dict:
     rand_lambda_plus, rand_tw_term, rand_tw_cutoff (units of rand_evals) and ww_num_traps.
     """
     Q = N / M
-    evals = rand_evals
-    Wnorm = np.sqrt(np.sum(evals))
-    Wscale = np.sqrt(evals.shape[0]) / Wnorm
-    to_plot = (Wscale * Wscale) * evals
+    to_plot, Wscale = rescale_like_weightwatcher(rand_evals)
 
     # fit_density_with_range: brute over the grid, first minimum, then fmin
     lmax = np.max(to_plot)
@@ -636,12 +635,11 @@ def marchenko_pastur_fit(rand_evals: np.ndarray, N: int, M: int) -> dict:
         on_grid = residual.grid(grid)
         s1 = np.float64(nelder_mead_1d(residual.scalar, grid[np.argmin(on_grid)]))
 
-    bulk_max = (s1 * (1 + 1 / np.sqrt(Q))) ** 2
-    TW = 1 / np.sqrt(Q) * np.power(bulk_max, 2 / 3) * np.power(M, -2 / 3)
-    bulk_max_TW = bulk_max + np.sqrt(TW)
-    num_spikes = len(to_plot[to_plot > bulk_max_TW])
+    bulk_max = mp_bulk_edge(Q, s1)
+    tw = tracy_widom_term(bulk_max, Q, M)
+    num_spikes = len(to_plot[to_plot > bulk_max + tw])
     scale2 = Wscale * Wscale
-    lambda_plus, tw_term = float(bulk_max / scale2), float(np.sqrt(TW) / scale2)
+    lambda_plus, tw_term = float(bulk_max / scale2), float(tw / scale2)
     return {
         "rand_sigma_mp": float(s1),
         "rand_lambda_plus": lambda_plus,  # WeightWatcher's rand_bulk_max
@@ -652,24 +650,6 @@ def marchenko_pastur_fit(rand_evals: np.ndarray, N: int, M: int) -> dict:
 
 
 # ---------------------------------------------------------------- one layer, many checkpoints
-
-
-def mp_ks_test(rand_evals: np.ndarray, N: int, M: int, sigma: float) -> tuple[float, float]:
-    """``antigrok.htsr.mp_ks_test`` (its MP CDF and rescaling), without scipy.stats.kstest's
-    per-call machinery: the statistic and exact p-value kstest computes, ~2x faster."""
-    from scipy import stats
-
-    from antigrok.htsr import mp_cdf, rescale_like_weightwatcher  # lazy: htsr imports this module
-
-    if not (math.isfinite(sigma) and sigma > 0) or len(rand_evals) == 0:
-        return math.nan, math.nan
-    x = np.sort(rescale_like_weightwatcher(rand_evals)[0])
-    n = len(x)
-    cdf = mp_cdf(x, int(N) / int(M), float(sigma))
-    d_plus = np.max(np.arange(1.0, n + 1) / n - cdf)  # scipy.stats._stats_py._compute_d
-    d_minus = np.max(cdf - np.arange(0.0, n) / n)
-    statistic = d_plus if d_plus > d_minus else d_minus
-    return float(statistic), float(np.clip(stats.kstwo.sf(statistic, n), 0.0, 1.0))
 
 
 def _finite(value) -> float:

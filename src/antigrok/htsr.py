@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import logging
 import math
@@ -97,6 +96,22 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+
+from antigrok.fastspectra import analyze_layer_fast
+from antigrok.files import write_csv_atomically
+from antigrok.loading import read_checkpoint
+from antigrok.spectral import (  # noqa: F401 (mp_edges, mp_cdf, load_spectra, read_htsr: re-exported)
+    layer_seed,
+    load_spectra,
+    mp_cdf,
+    mp_edges,
+    mp_ks_test,
+    read_htsr,
+    save_spectra,
+    spectrum_key,
+    tracy_widom_cutoff,
+)
+from antigrok.traps import compute_traps
 
 # The fast engine gives WeightWatcher's numbers (tests/test_fastspectra.py), >100x faster.
 DEFAULT_ENGINE = "fast"
@@ -121,100 +136,6 @@ LAYER_KEYS = [c for c in HTSR_COLUMNS if c not in ("step", "layer", "analysis_se
 _WW_MODULE = None
 # WeightWatcher's messages that say a fit failed but not why.
 _GENERIC_FAILURE_MESSAGES = {"power law fit failed", "power law fit failed, will still attempt plots"}
-
-
-# ----------------------------------------------------------------------------- seeds
-
-
-def layer_seed(run_seed: int, step: int, layer: str) -> int:
-    """The NumPy seed (0 <= seed < 2**32) of one layer's randomization at one checkpoint."""
-    digest = hashlib.sha256(f"antigrok.htsr:{int(run_seed)}:{int(step)}:{layer}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-# ----------------------------------------------------------------------------- Marchenko-Pastur
-
-
-def mp_edges(Q: float, sigma: float) -> tuple[float, float]:
-    """The MP bulk edges (lambda_minus, lambda_plus) = sigma^2 (1 -+ Q^-1/2)^2 (paper Eq. 3)."""
-    return sigma**2 * (1 - Q**-0.5) ** 2, sigma**2 * (1 + Q**-0.5) ** 2
-
-
-def mp_cdf(x, Q: float, sigma: float = 1.0) -> np.ndarray:
-    """CDF of the Marchenko-Pastur law of aspect ratio ``Q = N/M >= 1`` and scale ``sigma``.
-
-    The density is paper Eq. 3 (WeightWatcher's ``marchenko_pastur_pdf``). Closed form: with
-    ``y = 1/Q``, ``lambda = sigma^2 (1 + y - 2 sqrt(y) cos(theta))``,
-    ``F = (2/pi) [sin(theta)/(2 sqrt y) + (1+y) theta/(4y)
-    - (1-y)/(2y) arctan(sqrt(lambda_+/lambda_-) tan(theta/2))]`` (last term 0 at Q = 1).
-    """
-    if Q < 1:
-        raise ValueError(f"mp_cdf needs Q = N/M >= 1 (N the larger dimension), got Q={Q}")
-    if not sigma > 0:
-        raise ValueError(f"mp_cdf needs sigma > 0, got {sigma}")
-    y = 1.0 / Q
-    lam = np.asarray(x, dtype=np.float64) / sigma**2
-    middle, half_width = 1.0 + y, 2.0 * math.sqrt(y)
-    theta = np.arccos(np.clip((middle - lam) / half_width, -1.0, 1.0))
-    value = np.sin(theta) / (2 * math.sqrt(y)) + (1 + y) * theta / (4 * y)
-    if y < 1.0:
-        edge_ratio = (1 + math.sqrt(y)) / (1 - math.sqrt(y))
-        value = value - (1 - y) / (2 * y) * np.arctan(edge_ratio * np.tan(theta / 2))
-    return np.clip(2.0 / math.pi * value, 0.0, 1.0)
-
-
-def rescale_like_weightwatcher(evals: np.ndarray) -> tuple[np.ndarray, float]:
-    """``(Wscale**2 * evals, Wscale)`` with ``Wscale = sqrt(n) / sqrt(sum(evals))`` (mean 1).
-
-    The exact operations of WeightWatcher's mp_fit, so counts made on the result match its own.
-    """
-    evals = np.asarray(evals, dtype=np.float64)
-    w_scale = np.sqrt(evals.shape[0]) / np.sqrt(np.sum(evals))
-    return (w_scale * w_scale) * evals, w_scale
-
-
-def mp_ks_test(rand_evals: np.ndarray, rows: int, cols: int, sigma) -> tuple[float, float]:
-    """KS statistic and p-value of the randomized ESD against its fitted MP law (Appendix D).
-
-    ``rows``/``cols``: N >= M of the layer (Q = N/M). ``sigma``: ``rand_sigma_mp`` (WeightWatcher's
-    rescaled units), or a mapping holding it under that key. The eigenvalues are rescaled to mean
-    1 exactly as WeightWatcher's MP fit does, so the law tested is the one it fitted.
-    """
-    from scipy import stats
-
-    if isinstance(sigma, Mapping):
-        sigma = sigma["rand_sigma_mp"]
-    sigma = float(sigma)
-    rand_evals = np.asarray(rand_evals, dtype=np.float64)
-    if not (math.isfinite(sigma) and sigma > 0) or len(rand_evals) == 0:
-        return math.nan, math.nan
-    Q = int(rows) / int(cols)
-    rescaled, _ = rescale_like_weightwatcher(rand_evals)
-    result = stats.kstest(rescaled, lambda x: mp_cdf(x, Q, sigma))
-    return float(result.statistic), float(result.pvalue)
-
-
-def tracy_widom_cutoff(rand_evals: np.ndarray, *, rows: int, cols: int, sigma: float,
-                       tracy_widom_scale: float = 1.0) -> dict:
-    """The trap threshold of one randomized ESD, computed as WeightWatcher's mp_fit does.
-
-    ``rows``/``cols`` are N >= M. Returns the rescaled eigenvalues and threshold (where the
-    count is made, as in WeightWatcher) and the edge, TW term and threshold in eigenvalue units.
-    """
-    N, M = int(rows), int(cols)
-    Q = N / M
-    rescaled, w_scale = rescale_like_weightwatcher(rand_evals)
-    bulk_max = (sigma * (1 + 1 / np.sqrt(Q))) ** 2
-    tw = 1 / np.sqrt(Q) * np.power(bulk_max, 2 / 3) * np.power(M, -2 / 3)
-    cutoff = bulk_max + tracy_widom_scale * np.sqrt(tw)
-    unit = w_scale * w_scale
-    return {
-        "rescaled": rescaled,
-        "rescaled_cutoff": cutoff,
-        "lambda_plus": float(bulk_max / unit),
-        "tw_term": float(np.sqrt(tw) / unit),
-        "cutoff": float(cutoff / unit),
-    }
 
 
 # ----------------------------------------------------------------------------- WeightWatcher
@@ -434,8 +355,6 @@ def analyze_layer(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax", eng
     if engine == "weightwatcher":
         return analyze_layer_ww(weight, seed=seed, fix_fingers=fix_fingers)
     if engine == "fast":
-        from antigrok.fastspectra import analyze_layer_fast
-
         result = analyze_layer_fast(_check_weight(weight), seed=seed, fix_fingers=fix_fingers)
         missing = [key for key in LAYER_KEYS if key not in result]
         if missing:
@@ -497,11 +416,6 @@ def htsr_table(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
-def spectrum_key(kind: str, layer: str, step: int) -> str:
-    """Key of one spectrum in spectra.npz: ``evals/fc1/000001000`` or ``rand_evals/fc1/...``."""
-    return f"{kind}/{layer}/{int(step):09d}"
-
-
 def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xmax", engine: str = DEFAULT_ENGINE,
                        step: int = 0) -> pd.DataFrame:
     """HTSR metrics of a model's weights, no data needed: one row per analyzable 2-D weight.
@@ -516,8 +430,6 @@ def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xma
                          f"(keys: {', '.join(list(state_dict)[:8])}{', ...' if len(state_dict) > 8 else ''})")
     rows, arrays = analyze_weights(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine)
     table = htsr_table(rows)
-    from antigrok.traps import compute_traps
-
     traps = compute_traps(table, arrays, tracy_widom_scale=1.0)
     table["num_traps"] = traps["num_traps"].to_numpy()
     return table
@@ -544,9 +456,7 @@ def analyze_checkpoint(path: str | Path, run_seed: int | None = None, fix_finger
 
     ``run_seed`` None: the checkpoint's own ``seed`` (0 if it has none).
     """
-    from antigrok.train import load_checkpoint
-
-    checkpoint = load_checkpoint(path)
+    checkpoint = read_checkpoint(path)
     step = checkpoint.get("step")
     step = 0 if step is None else int(step)
     if run_seed is None:
@@ -616,28 +526,6 @@ def analyze_checkpoints(checkpoints, run_seed: int | None = None, fix_fingers="c
     return table, all_arrays
 
 
-def save_spectra(arrays: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Write spectra.npz (compressed), atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as stream:
-        np.savez_compressed(stream, **{key: arrays[key] for key in sorted(arrays)})
-    tmp.replace(path)
-
-
-def load_spectra(path: str | Path) -> dict[str, np.ndarray]:
-    """spectra.npz as a dict ``{"evals/fc1/000001000": array, ...}``."""
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
-
-
-def read_htsr(path: str | Path) -> pd.DataFrame:
-    """htsr.csv with floats read back bit-exactly (trap counts are recomputed from them)."""
-    if int(pd.__version__.split(".")[0]) >= 3:
-        return pd.read_csv(path)  # round-trip exact by default; the option is deprecated
-    return pd.read_csv(path, float_precision="round_trip")
-
-
 def write_spectra(checkpoint_dir: str | Path, htsr_csv: str | Path, spectra_npz: str | Path, run_seed: int,
                   fix_fingers="clip_xmax", engine: str = DEFAULT_ENGINE, threads: int = 1) -> pd.DataFrame:
     """The rule ``spectra``: analyze a run's checkpoints, write htsr.csv and spectra.npz."""
@@ -645,10 +533,7 @@ def write_spectra(checkpoint_dir: str | Path, htsr_csv: str | Path, spectra_npz:
     table, arrays = analyze_checkpoints(checkpoint_dir, run_seed=run_seed, fix_fingers=fix_fingers,
                                         engine=engine, threads=threads)
     save_spectra(arrays, spectra_npz)
-    htsr_csv = Path(htsr_csv)
-    tmp = htsr_csv.with_name(htsr_csv.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(htsr_csv)
+    write_csv_atomically(table, htsr_csv)
     failed = table[table["fit_status"] != "ok"]
     if len(failed):
         log.warning("%d of %d power-law fits failed (alpha stored as NaN): %s", len(failed), len(table),

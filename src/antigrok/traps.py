@@ -4,7 +4,7 @@ beyond the Marchenko-Pastur bulk edge by more than the Tracy-Widom fluctuations.
 A trap is a randomized eigenvalue ``lambda > lambda_+ + s * sqrt(TW)``, with ``lambda_+`` the
 bulk edge of the MP fit of W_rand's ESD, ``TW`` WeightWatcher's Tracy-Widom term and ``s`` the
 config key ``traps.tracy_widom_scale``. Counted from the stored spectra (spectra.npz) and fits
-(htsr.csv), no SVD, with WeightWatcher's own operations (antigrok.htsr.tracy_widom_cutoff), so
+(htsr.csv), no SVD, with WeightWatcher's own operations (antigrok.spectral.tracy_widom_cutoff), so
 ``s = 1.0`` gives exactly WeightWatcher's count (htsr.csv ``ww_num_traps``).
 
 Why shuffling finds anything: shuffling the entries of W destroys every correlation between
@@ -24,7 +24,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from antigrok.htsr import load_spectra, read_htsr, spectrum_key, tracy_widom_cutoff
+from antigrok.files import write_csv_atomically
+from antigrok.spectral import load_spectra, read_htsr, spectrum_key, tracy_widom_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,7 @@ def write_traps(htsr_csv: str | Path, spectra_npz: str | Path, traps_csv: str | 
         both = np.isfinite(htsr["ww_num_traps"].to_numpy(dtype=float))
         if np.any(differs & both):
             log.warning("trap counts at scale 1.0 differ from WeightWatcher's in %d rows", int(np.sum(differs & both)))
-    traps_csv = Path(traps_csv)
-    tmp = traps_csv.with_name(traps_csv.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(traps_csv)
+    write_csv_atomically(table, traps_csv)
     with_traps = table[table["num_traps"].fillna(0) > 0]
     log.info("traps at Tracy-Widom scale %g: %d of %d (step, layer) rows have traps, %d traps in all",
              tracy_widom_scale, len(with_traps), len(table), int(table["num_traps"].fillna(0).sum()))

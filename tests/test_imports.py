@@ -1,0 +1,45 @@
+"""The package's import structure: every module imports on its own, and no two import each other."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import import_graph  # noqa: E402 (scripts/ is no package)
+
+MODULES = sorted(import_graph.modules())
+OPTIONAL = {"monitor.lightning": "lightning", "monitor.transformers": "transformers"}  # extras
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph.import_graph()
+    assert set(graph) >= {"train", "batched", "resume", "htsr", "fastspectra", "spectral", "traps", "figures"}
+    assert import_graph.find_cycle(graph) is None, f"import cycle: {' -> '.join(import_graph.find_cycle(graph))}"
+
+
+def test_the_spectral_primitives_depend_on_no_engine():
+    graph = import_graph.import_graph()
+    assert graph["spectral"] == set()
+    assert "htsr" not in graph["fastspectra"] | graph["traps"]
+    assert "train" not in graph["htsr"]
+
+
+def test_the_cycle_finder_finds_a_hidden_cycle():
+    source = {"a": "import antigrok.b\n", "b": "def f():\n    from antigrok import a\n"}
+    graph = {name: import_graph.imported_modules(text, set(source)) for name, text in source.items()}
+    assert import_graph.find_cycle(graph) == ["a", "b", "a"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_imports_alone_in_a_fresh_interpreter(module):
+    extra = OPTIONAL.get(module)
+    if extra:
+        pytest.importorskip(extra)
+    result = subprocess.run([sys.executable, "-c", f"import antigrok.{module}"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
