@@ -10,7 +10,7 @@ its libraries (torch, scipy) plus a few copies of the largest layer.
 
 The default layer, 16384 x 256 (an embedding table's shape: vocabulary x width), is 32 MB in
 float64, as much as 2048 x 2048, for a sixteenth of its Gram-matrix work: the run measures memory,
-not speed. At 16 layers the model (512 MB in float64) is larger than the whole process.
+not speed. At 16 layers the model is 512 MB in float64, 16 times its largest layer.
 
     python benchmarks/own_model_memory.py                              # 1, 4 and 16 layers of 16384x256 fp32
     python benchmarks/own_model_memory.py --num-layers 1,8 --shape 4096x4096 --dtype bfloat16
