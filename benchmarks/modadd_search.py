@@ -61,6 +61,10 @@ CANDIDATES = {
     "p53_f0.5_d64_lr3e-3_f64": (53, 0.5, 64, 256, 3e-3, "float64"),
     "p53_f0.5_d64_lr1e-2": (53, 0.5, 64, 256, 1e-2, "float32"),
     "p53_f0.5_d32_lr3e-3": (53, 0.5, 32, 128, 3e-3, "float32"),
+    "p53_f0.4_d64_lr1e-2": (53, 0.4, 64, 256, 1e-2, "float32"),
+    "p53_f0.3_d64_lr1e-2": (53, 0.3, 64, 256, 1e-2, "float32"),
+    "p67_f0.4_d64_lr1e-2": (67, 0.4, 64, 256, 1e-2, "float32"),
+    "p67_f0.3_d64_lr1e-2": (67, 0.3, 64, 256, 1e-2, "float32"),
     "p113_f0.3_d128_lr1e-3": (113, 0.3, 128, 512, 1e-3, "float32"),  # Nanda et al.'s (float32)
 }
 
@@ -150,19 +154,35 @@ def run_candidate(name: str, steps: int, weight_decay: float, seed: int, log_per
 
 MARKDOWN_COLUMNS = ["candidate", "train_pairs", "d_model", "d_mlp", "lr", "dtype", "weight_decay", "seed",
                     "max_steps", "fit_step", "fit_test_acc", "grok_step", "final_step", "final_train_acc",
-                    "final_test_acc", "cpu_s_per_step"]
+                    "final_test_acc", "cpu_s_per_step", "status"]
 
 
 def collect(out: Path) -> int:
     """OUT/search.csv from the candidates' rows, printed as a markdown table."""
     files = sorted((out / "runs").glob("*.csv"))
-    if not files:
+    partial = sorted((out / "logs").glob("*.partial.csv"))
+    if not files and not partial:
         raise SystemExit(f"no candidate rows under {out / 'runs'}; run some candidates first")
-    table = pd.concat([pd.read_csv(path) for path in files], ignore_index=True)
+    rows = [pd.read_csv(path).assign(status="finished") for path in files]
+    rows += [pd.DataFrame([unfinished_row(path)]) for path in partial]
+    table = pd.concat(rows, ignore_index=True)
     table = table.sort_values(["candidate", "weight_decay", "seed"])
     table.to_csv(out / "search.csv", index=False)
     print(markdown_table(table[MARKDOWN_COLUMNS]))
     return 0
+
+
+def unfinished_row(partial_log: Path) -> dict:
+    """The row of a candidate stopped before its end (its process killed): what its partial log shows."""
+    tag = partial_log.name.removesuffix(".partial.csv")
+    name, weight_decay, seed = tag.rsplit("_", 2)
+    modulus, fraction, d_model, d_mlp, lr, dtype = CANDIDATES[name]
+    log = pd.read_csv(partial_log)
+    return {"candidate": name, "modulus": modulus, "train_fraction": fraction,
+            "train_pairs": int(fraction * modulus**2), "d_model": d_model, "d_mlp": d_mlp, "lr": lr,
+            "dtype": dtype, "weight_decay": float(weight_decay.removeprefix("wd")),
+            "seed": int(seed.removeprefix("seed")), "max_steps": None, **summarize(log.to_dict("records")),
+            "cpu_s_per_step": None, "status": f"stopped by hand at step {int(log['step'].iloc[-1])}"}
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
