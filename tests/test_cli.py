@@ -161,3 +161,13 @@ def test_one_model_gets_a_progress_bar_over_its_layers(tmp_path, capsys):
     assert cli.main(["analyze", str(path)]) == 0
     err = capsys.readouterr().err
     assert "4/4" in err and ("layer/s" in err or "s/layer" in err), err
+
+
+def test_a_seed_that_is_no_integer_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["analyze", "model.pt", "--seed", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "error:" in line] == [
+        "antigrok analyze: error: argument --seed: invalid int value: 'x'"]

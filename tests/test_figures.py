@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from antigrok import figures
+from antigrok import figures, summary
+from antigrok.spectral import mp_edges, mp_sigma_of_edge
 
 STEPS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
 SEEDS = [0, 1]
@@ -97,21 +99,20 @@ def spectrum(rng, spike=0.0, traps=None, rand=True) -> figures.Spectrum:
     return figures.Spectrum(layer="fc2", step=2000, evals=evals, fit=fit, traps=trap_row)
 
 
-def synthetic_detectors() -> pd.DataFrame:
+def synthetic_detectors(collapse_step=1000) -> pd.DataFrame:
+    """detectors.csv rows as antigrok.summary writes them (its alarm_outcome computes the outcome);
+    seed 0 collapses at ``collapse_step`` (None: never), seed 1 never does."""
     rows = []
     for alarm in ["alpha_below_critical", "any_trap", "alpha_and_trap", "l2_norm"]:
         for seed in SEEDS:
-            collapse = 1000.0 if seed == 0 else np.nan
+            collapse = collapse_step if seed == 0 else None
             fired = not (alarm == "any_trap" and seed == 0)
-            alarm_step = {"alpha_below_critical": 500, "alpha_and_trap": 2000, "l2_norm": 5}.get(alarm, np.nan)
-            lead = math.log10(collapse) - math.log10(alarm_step) if fired and seed == 0 else np.nan
-            rows.append(
-                {"experiment": "mnist_mlp", "weight_decay": 0.0, "seed": seed, "alarm": alarm, "fired": fired,
-                 "alarm_step": alarm_step if fired else np.nan, "peak_step": 200, "collapse_step": collapse,
-                 "lead_steps": collapse - alarm_step if fired else np.nan, "lead_decades": lead,
-                 "false_alarm": bool(fired and (seed == 1 or alarm == "l2_norm")), "threshold": 2.0}
-            )
-    return pd.DataFrame(rows)
+            alarm_step = {"alpha_below_critical": 500, "alpha_and_trap": 2000, "l2_norm": 5}.get(alarm, 700)
+            firings = [alarm_step] if fired else []
+            rows.append({"experiment": "mnist_mlp", "weight_decay": 0.0, "seed": seed, "alarm": alarm,
+                         **summary.alarm_outcome(firings, fit_step=1, peak_step=200, collapse_step=collapse),
+                         "threshold": 2.0})
+    return pd.DataFrame(rows).astype({"collapse_step": float, "alarm_step": float})
 
 
 def assert_png(fig, path, name, panels=1):
@@ -171,19 +172,25 @@ def test_detector_figure(tmp_path):
 
 
 def test_detector_figure_without_any_collapse(tmp_path):
-    detectors = synthetic_detectors().assign(collapse_step=np.nan, lead_steps=np.nan, lead_decades=np.nan)
+    detectors = synthetic_detectors(collapse_step=None)
     fig = figures.plot_detector_leads(detectors, "detector")
     assert any("no run collapsed" in text.get_text() for text in fig.axes[0].texts)
     assert_png(fig, tmp_path / "detector.png", "detector", panels=detectors["alarm"].nunique())
 
 
-def test_alarm_outcomes():
+def test_alarm_outcomes_are_the_summarys():
     outcomes = synthetic_detectors().apply(figures.alarm_outcome, axis=1).tolist()
     # seed 0 collapses at 1000 after the peak at 200; seed 1 never collapses.
     assert outcomes[:2] == ["warned", "false_alarm"]  # alpha fires at 500 / in a run that holds
     assert outcomes[2:4] == ["missed", "false_alarm"]  # any_trap silent before the collapse
     assert outcomes[4:6] == ["late", "false_alarm"]  # alpha_and_trap at 2000 > 1000
     assert outcomes[6] == "false_alarm"  # l2 fires at step 5, before the peak
+
+
+def test_a_detectors_row_without_the_summarys_outcome_is_refused():
+    row = synthetic_detectors().iloc[0].drop("outcome")
+    with pytest.raises(figures.FigureDataError, match="outcome None.*rerun the detectors rule"):
+        figures.alarm_outcome(row)
 
 
 def test_phase_intervals_join_runs_of_one_label():
@@ -210,12 +217,32 @@ def test_seed_statistics_band_is_min_max_over_seeds():
 
 
 def test_mp_density_integrates_to_one_and_matches_eq3_edges():
-    q, sigma2 = 784 / 200, 1.3
-    lower, upper = figures.mp_edges(sigma2, q)
-    assert upper == pytest.approx(sigma2 * (1 + q**-0.5) ** 2)
+    q, sigma = 784 / 200, 1.3**0.5
+    density = figures.mp_density_per_decade
+    lower, upper = mp_edges(q, sigma)
+    assert upper == pytest.approx(1.3 * (1 + q**-0.5) ** 2) and lower == pytest.approx(1.3 * (1 - q**-0.5) ** 2)
     log_grid = np.linspace(np.log10(lower), np.log10(upper), 200_001)
-    mass = np.trapezoid(figures.mp_density_per_decade(10**log_grid, sigma2, q), log_grid)
+    mass = np.trapezoid(density(10**log_grid, sigma, q), log_grid)
     assert mass == pytest.approx(1.0, abs=2e-3)
+    inside = np.linspace(lower, upper, 7)[1:-1]
+    assert (density(inside, sigma, q) > 0).all()
+    assert density(np.array([lower * 0.999, upper * 1.001]), sigma, q).tolist() == [0.0, 0.0]
+
+
+def test_the_rand_esd_panel_draws_the_bulk_edge_of_htsr_csv():
+    """The MP curve ends at rand_lambda_plus (in the npz's units), the edge the fit reported."""
+    rng = np.random.default_rng(4)
+    shown = spectrum(rng)
+    fig = Figure()
+    ax = fig.subplots()
+    figures.plot_rand_esd_with_mp(ax, shown)
+    lambda_plus = float(shown.fit["rand_lambda_plus"]) * figures.csv_to_npz_units(shown)
+    curve = next(line for line in ax.get_lines() if line.get_label().startswith("MP fit"))
+    assert curve.get_xdata()[-1] == pytest.approx(lambda_plus, rel=1e-12)
+    edge = next(line for line in ax.get_lines() if line.get_label().startswith("λ+"))
+    assert edge.get_xdata()[0] == pytest.approx(lambda_plus, rel=1e-12)
+    q = figures.aspect_ratio(shown.fit)
+    assert mp_edges(q, mp_sigma_of_edge(lambda_plus, q))[1] == pytest.approx(lambda_plus, rel=1e-12)
 
 
 def test_mp_density_matches_a_random_matrix_histogram():

@@ -21,6 +21,7 @@ import re
 import sys
 from pathlib import Path
 
+from antigrok.files import write_csv_atomically
 from antigrok.htsr import DEFAULT_ENGINE
 
 log = logging.getLogger(__name__)
@@ -123,15 +124,13 @@ def analyze_command(args: argparse.Namespace) -> int:
     skipped_table = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=SKIPPED_COLUMNS)
     if table is not None:
         if args.output:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(args.output, index=False)
+            write_csv_atomically(table, args.output)
             print(f"wrote {len(table)} rows ({len(tables)} model{'s' if len(tables) != 1 else ''}) to {args.output}",
                   file=sys.stderr)
         else:
             table.to_csv(sys.stdout, index=False)
     if args.skipped:
-        Path(args.skipped).parent.mkdir(parents=True, exist_ok=True)
-        skipped_table.to_csv(args.skipped, index=False)
+        write_csv_atomically(skipped_table, args.skipped)
     if table is not None:
         # a folder of checkpoints repeats each bias once per checkpoint: list each tensor name once
         unique_skipped = skipped_table.drop_duplicates(["tensor", "reason"])

@@ -30,6 +30,11 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from antigrok.files import write_text_atomically
+from antigrok.phases import edges_from_phases
+from antigrok.spectral import mp_edges, mp_sigma_of_edge
+from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha
+
 log = logging.getLogger(__name__)
 
 DPI = 150
@@ -78,7 +83,9 @@ def save_figure(fig: Figure, paths: Iterable[str | Path]) -> None:
     for path in paths:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI)
+        partial = path.with_name(f".partial.{path.stem}{path.suffix}")  # the suffix names the format
+        fig.savefig(partial, dpi=DPI)
+        partial.replace(path)
         log.info("wrote %s", path)
 
 
@@ -210,15 +217,12 @@ def plot_accuracy(train_log: pd.DataFrame, phases: pd.DataFrame | None, title: s
 
 
 def average_alpha(htsr: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
-    """Per (seed, step): the mean alpha over ``layers``.
-
-    NaN when any listed layer's fit failed (or is missing) at that step, as in Table 1
-    (antigrok.summary.average_alpha), so an average is always over the same layers; the
-    seed statistics then skip it.
-    """
-    selected = htsr[htsr["layer"].isin(layers)].set_index(["seed", "step", "layer"])["alpha"]
-    wide = selected.unstack("layer").reindex(columns=list(layers))
-    return wide.mean(axis=1, skipna=False).rename("alpha").reset_index()
+    """Per (seed, step): the mean alpha over ``layers``, as Table 1 and the alarms average it
+    (antigrok.summary.mean_alpha: NaN where any listed layer's fit failed or is missing, so an
+    average is always over the same layers; the seed statistics then skip it)."""
+    frames = [mean_alpha(frame, layers, "htsr.average_layers").reset_index().assign(seed=seed)
+              for seed, frame in htsr.groupby("seed", sort=True)]
+    return pd.concat(frames, ignore_index=True)[["seed", "step", "alpha"]]
 
 
 def plot_alpha(
@@ -327,20 +331,16 @@ def power_law_density(lam: np.ndarray, alpha: float, xmin: float, xmax: float, t
     return tail_fraction * lam ** (-alpha) / norm
 
 
-def mp_edges(sigma2: float, q: float) -> tuple[float, float]:
-    """lambda- and lambda+ of Eq. 3 for variance sigma^2 and aspect ratio Q = N/M >= 1."""
-    return sigma2 * (1 - q**-0.5) ** 2, sigma2 * (1 + q**-0.5) ** 2
-
-
-def mp_density_per_decade(lam: np.ndarray, sigma2: float, q: float) -> np.ndarray:
+def mp_density_per_decade(lam: np.ndarray, sigma: float, q: float) -> np.ndarray:
     """The Marchenko-Pastur density of Eq. 3 per decade of lambda: rho_MP(lambda) * lambda * ln 10.
 
     That is the density a histogram of log10(lambda) shows, so it overlays a log-x histogram.
+    ``sigma`` and ``q`` as in antigrok.spectral.mp_edges.
     """
-    lower, upper = mp_edges(sigma2, q)
+    lower, upper = mp_edges(q, sigma)
     inside = (lam > lower) & (lam < upper)
     root = np.sqrt(np.clip((upper - lam) * (lam - lower), 0, None))
-    return np.where(inside, q / (2 * math.pi * sigma2) * root * math.log(10), 0.0)
+    return np.where(inside, q / (2 * math.pi * sigma**2) * root * math.log(10), 0.0)
 
 
 def aspect_ratio(fit: pd.Series) -> float:
@@ -430,12 +430,12 @@ def plot_rand_esd_with_mp(ax, spectrum: Spectrum, mark_traps: bool = False) -> N
     q = aspect_ratio(fit)
     lambda_plus = float(fit.get("rand_lambda_plus", np.nan)) * units
     if np.isfinite(lambda_plus) and lambda_plus > 0:
-        # sigma^2 in the npz's units from the fitted bulk edge; sigma_mp itself is WeightWatcher's
+        # sigma in the npz's units from the fitted bulk edge; sigma_mp itself is WeightWatcher's
         # fit on the ESD rescaled to unit mean, shown in the title.
-        sigma2 = lambda_plus / (1 + q**-0.5) ** 2
-        lower, upper = mp_edges(sigma2, q)
+        sigma = mp_sigma_of_edge(lambda_plus, q)
+        lower, upper = mp_edges(q, sigma)
         grid = np.logspace(np.log10(max(lower, upper * 1e-4)), np.log10(upper), 400)
-        ax.plot(grid, mp_density_per_decade(grid, sigma2, q), color="red", lw=1.8, label=f"MP fit (Eq. 3), Q = {q:.2f}")
+        ax.plot(grid, mp_density_per_decade(grid, sigma, q), color="red", lw=1.8, label=f"MP fit (Eq. 3), Q = {q:.2f}")
         ax.axvline(lambda_plus, color="red", ls=":", lw=1.2, label=f"λ+ = {lambda_plus:.3g}")
     trap_count = None
     if mark_traps and spectrum.traps is not None:
@@ -502,23 +502,32 @@ def plot_trap_examples(columns: Sequence[tuple[str, Sequence[Spectrum]]], title:
 # ---------------------------------------------------------------------------------------------
 # Detector lead times
 
-OUTCOMES = {  # outcome of one (alarm, run): colour, marker, legend text
+OUTCOMES = {  # outcome of one (alarm, run) as the figure groups them: colour, marker, legend text
     "warned": ("#2ca02c", "o", "warned before the collapse"),
     "late": ("#ff7f0e", "s", "fired at or after the collapse"),
     "false_alarm": ("#d62728", "X", "false alarm (no collapse, or before the peak)"),
     "missed": ("#7f7f7f", "|", "missed: collapsed without alarm"),
     "quiet": ("#c7c7c7", "|", "quiet, no collapse (correct)"),
 }
+# detectors.csv's outcome (antigrok.summary.OUTCOMES) -> the figure's group
+FIGURE_OUTCOME = {
+    "after_peak_before_collapse": "warned",
+    "late": "late",
+    **{outcome: "false_alarm" for outcome in FALSE_ALARM_OUTCOMES},
+    "missed": "missed",
+    "quiet": "quiet",
+}
 
 
 def alarm_outcome(row: pd.Series) -> str:
-    """Classify one detectors.csv row into a key of OUTCOMES."""
-    collapsed = pd.notna(row["collapse_step"])
-    if bool(row["fired"]) and bool(row["false_alarm"]):
-        return "false_alarm"
-    if bool(row["fired"]):
-        return "warned" if collapsed and row["lead_steps"] > 0 else ("late" if collapsed else "false_alarm")
-    return "missed" if collapsed else "quiet"
+    """The OUTCOMES key of one detectors.csv row: its ``outcome`` (computed by antigrok.summary)."""
+    outcome = row.get("outcome")
+    if outcome not in FIGURE_OUTCOME:
+        raise FigureDataError(
+            f"detectors.csv row ({row.get('alarm')}, seed {row.get('seed')}) has outcome {outcome!r}; "
+            f"expected one of {sorted(FIGURE_OUTCOME)} (rerun the detectors rule)"
+        )
+    return FIGURE_OUTCOME[outcome]
 
 
 def plot_detector_leads(detectors: pd.DataFrame, title: str) -> Figure:
@@ -735,8 +744,7 @@ def frame_to_html(frame: pd.DataFrame, title: str, note: str = "") -> str:
 def write_table_html(csv_path: str | Path, html_path: str | Path, title: str) -> None:
     """results/tables/<name>.csv as an HTML page for the report."""
     frame = pd.read_csv(csv_path)
-    Path(html_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(html_path).write_text(frame_to_html(frame, title, f"{len(frame)} rows, from {Path(csv_path).name}"))
+    write_text_atomically(html_path, frame_to_html(frame, title, f"{len(frame)} rows, from {Path(csv_path).name}"))
     log.info("wrote %s (%d rows)", html_path, len(frame))
 
 
@@ -753,16 +761,16 @@ def phase_edges(paths: Sequence[str | Path]) -> pd.DataFrame:
         if not match:
             raise FigureDataError(f"{path} is not RUN_DIR/phases.csv (…/<experiment>/wd<weight decay>/seed<seed>/)")
         phases = pd.read_csv(path).sort_values("step")
-        first = phases.iloc[0]
+        edges = edges_from_phases(phases)
         smoothed = "test_acc_smoothed" if "test_acc_smoothed" in phases else "test_acc"
-        peak = first.get("peak_step", np.nan)
-        at_peak = phases.loc[phases["step"] == peak, smoothed]
+        at_peak = phases.loc[phases["step"] == edges.peak_step, smoothed]
         rows.append(
             {
                 "experiment": match["experiment"],
                 "weight_decay": float(match["weight_decay"]),
                 "seed": int(match["seed"]),
-                **{column: first.get(column, np.nan) for column in PHASE_EDGE_COLUMNS},
+                **{column: np.nan if getattr(edges, column) is None else getattr(edges, column)
+                   for column in PHASE_EDGE_COLUMNS},
                 "peak_test_acc_smoothed": at_peak.iloc[0] if len(at_peak) else np.nan,
                 "final_test_acc": phases["test_acc"].iloc[-1] if "test_acc" in phases else np.nan,
             }
@@ -773,8 +781,6 @@ def phase_edges(paths: Sequence[str | Path]) -> pd.DataFrame:
 def write_phase_edges(paths: Sequence[str | Path], csv_path: str | Path, html_path: str | Path,
                       md_path: str | Path | None = None) -> None:
     """results/tables/phase_edges.csv, .html (and .md): the phase edges of every run, written atomically."""
-    from antigrok.summary import frame_to_markdown
-
     edges = phase_edges(paths)
     note = ("Steps at which each run fits its train set, starts grokking, peaks, starts its decline "
             "(anti-grokking) and crosses peak - phases.collapse_drop (collapse_step); empty: never.")
@@ -783,9 +789,5 @@ def write_phase_edges(paths: Sequence[str | Path], csv_path: str | Path, html_pa
     if md_path is not None:
         texts[md_path] = frame_to_markdown(edges.astype(object).where(edges.notna(), "—"), "Phase edges per run", note)
     for path, text in texts.items():
-        final = Path(path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(".partial." + final.name)
-        partial.write_text(text)
-        partial.replace(final)
+        write_text_atomically(path, text)
     log.info("wrote %s (%d runs)", ", ".join(map(str, texts)), len(edges))

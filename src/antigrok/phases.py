@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from antigrok.files import write_csv_atomically
+
 log = logging.getLogger(__name__)
 
 PHASES = ("pre-grokking", "grokking", "anti-grokking")
@@ -232,9 +234,5 @@ def write_phases(train_log_path: str | Path, output_path: str | Path, thresholds
         first.collapses,
         thresholds,
     )
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_path.with_name(output_path.name + ".tmp")
-    frame.to_csv(partial, index=False)
-    partial.replace(output_path)  # a killed job leaves no phases.csv that looks complete
+    write_csv_atomically(frame, output_path)  # a killed job leaves no phases.csv that looks complete
     return frame

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.phases import PHASES, edges_from_phases
 
 log = logging.getLogger(__name__)
@@ -228,13 +229,8 @@ TABLE_CAPTION = (
 
 def write_tidy_table(tidy: pd.DataFrame, csv_path, md_path, title: str, descriptions: dict | None = None) -> None:
     """The tidy CSV and its Markdown, each written to a temporary name and renamed into place."""
-    for path, text in ((csv_path, tidy.to_csv(index=False)),
-                       (md_path, tidy_to_markdown(tidy, title, TABLE_CAPTION, descriptions))):
-        final = Path(path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(".partial." + final.name)
-        partial.write_text(text)
-        partial.replace(final)
+    write_csv_atomically(tidy, csv_path)
+    write_text_atomically(md_path, tidy_to_markdown(tidy, title, TABLE_CAPTION, descriptions))
 
 
 def write_paper_tables(htsr_paths, traps_paths, phases_paths, outputs: dict, average_layers, experiments,
@@ -711,11 +707,8 @@ def write_detector_tables(
         dict(settings),
     )
     summary = detector_summary(table)
-    for path in outputs.values():
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(outputs["detectors_csv"], index=False)
-    summary.to_csv(outputs["summary_csv"], index=False)
-    Path(outputs["summary_md"]).write_text(
-        frame_to_markdown(summary, "Early-warning detectors of the collapse", DETECTOR_CAPTION)
-    )
+    write_csv_atomically(table, outputs["detectors_csv"])
+    write_csv_atomically(summary, outputs["summary_csv"])
+    write_text_atomically(outputs["summary_md"],
+                          frame_to_markdown(summary, "Early-warning detectors of the collapse", DETECTOR_CAPTION))
     log.info("detectors: %d rows over %d runs", len(table), table.groupby(RUN_KEYS).ngroups)
