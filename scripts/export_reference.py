@@ -107,8 +107,7 @@ Written by `scripts/export_reference.py`; every other file here was copied unedi
 | packages | {", ".join(versions)} |
 {f"| note | {args.note} |" if args.note else ""}
 
-Experiments (`{args.configfile}`), time-rescaled runs of the paper's MNIST MLP (Table 3), not its 1e7-step
-experiment at lr 5e-4:
+Experiments (`{args.configfile}`), {args.about}:
 
 {experiments}
 """
@@ -129,6 +128,8 @@ def main(argv=None) -> int:
     parser.add_argument("--finished", required=True, type=float, help="epoch seconds when it finished")
     parser.add_argument("--workdir", type=Path, default=Path("."), help="where the run's results/ and logs/ are")
     parser.add_argument("--note", default="", help="one line of context for the provenance table")
+    parser.add_argument("--about", default="time-rescaled runs of the paper's MNIST MLP (Table 3), not its 1e7-step\n"
+                        "experiment at lr 5e-4", help="what the experiments are, after 'Experiments (CONFIG), '")
     args = parser.parse_args(argv)
     config = yaml.safe_load(Path(args.workdir, args.configfile).read_text())
     copied = copy_results(config, args.workdir, args.out)
