@@ -22,7 +22,7 @@ train_run's evaluation, so that candidate's run directory is a temporary, unfini
     python benchmarks/modadd_search.py --candidates p53_d64_lr3e-3 --steps 5000 \
         --out docs/reference/modadd_cpu/search
     python benchmarks/modadd_search.py --collect --out docs/reference/modadd_cpu/search
-Each candidate writes OUT/runs/<candidate>_wd<wd>_seed<seed>.csv (its summary row) and OUT/logs/ the
+Each candidate writes OUT/runs/<candidate>_wd<wd>_seed<seed>.csv (its summary row) and OUT/train_logs/ the
 same name (its train log), so candidates can run in parallel processes; ``--collect`` gathers the
 rows into OUT/search.csv and prints them as a markdown table.
 """
@@ -160,7 +160,7 @@ MARKDOWN_COLUMNS = ["candidate", "train_pairs", "d_model", "d_mlp", "lr", "dtype
 def collect(out: Path) -> int:
     """OUT/search.csv from the candidates' rows, printed as a markdown table."""
     files = sorted((out / "runs").glob("*.csv"))
-    partial = sorted((out / "logs").glob("*.partial.csv"))
+    partial = sorted((out / "train_logs").glob("*.partial.csv"))
     if not files and not partial:
         raise SystemExit(f"no candidate rows under {out / 'runs'}; run some candidates first")
     rows = [pd.read_csv(path).assign(status="finished") for path in files]
@@ -222,16 +222,16 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown candidates {unknown}; --list shows the known ones")
     torch.set_num_threads(args.threads)
-    for folder in ("logs", "runs"):
+    for folder in ("train_logs", "runs"):
         (args.out / folder).mkdir(parents=True, exist_ok=True)
     for name in args.candidates:
         tag = f"{name}_wd{args.weight_decay}_seed{args.seed}"
-        partial = args.out / "logs" / f"{tag}.partial.csv"
+        partial = args.out / "train_logs" / f"{tag}.partial.csv"
         row, log = run_candidate(name, args.steps, args.weight_decay, args.seed, args.log_per_decade,
                                  args.stop_after_grok, partial)
         partial.unlink(missing_ok=True)
         row.update(threads=args.threads, machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-        log.to_csv(args.out / "logs" / f"{tag}.csv", index=False)
+        log.to_csv(args.out / "train_logs" / f"{tag}.csv", index=False)
         pd.DataFrame([row]).to_csv(args.out / "runs" / f"{tag}.csv", index=False)
         print({key: (f"{value:.4g}" if isinstance(value, float) else value) for key, value in row.items()}, flush=True)
     return 0
