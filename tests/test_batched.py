@@ -26,6 +26,8 @@ from antigrok.train import (
 )
 from conftest import REPO, SHARED_DATA, copy_workflow, requires_mnist
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 RTOL = 1e-9  # the issue's bar: batched equals separate runs to 1e-9 relative after 1000 float64 steps
 SEEDS = (0, 3)
 
@@ -53,15 +55,6 @@ def small_dataset(num_train=48, num_test=20, features=20, classes=4, seed=0):
         "y_test": torch.randint(0, classes, (num_test,), generator=generator),
         "num_classes": classes,
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as a training job (train.threads: 1): fast and steady on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def specs_for(experiment, seeds=SEEDS, weight_decay=0.01):

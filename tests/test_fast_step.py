@@ -25,6 +25,8 @@ from antigrok.train import (
 )
 from conftest import REPO, SHARED_DATA, requires_mnist
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 RTOL = 1e-9  # the issue's bar: equal to the plain loop to 1e-9 relative after 1000 float64 steps
 ZERO_COLUMNS = [0, 1, 7, 8, 15, 23, 31]  # zero in every training example, like MNIST's border pixels
 
@@ -39,15 +41,6 @@ EXPERIMENT = {
     "batch_size": 16,
     "dtype": "float64",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as a training job (train.threads: 1): fast and steady on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sparse_dataset(num_train=64, num_test=32, features=32, classes=5, zero_columns=ZERO_COLUMNS, seed=0):

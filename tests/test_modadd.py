@@ -33,13 +33,8 @@ def experiment_cfg(modulus: int, steps: int, d_model: int = 16) -> dict:
     }
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: a second intra-op thread only adds contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: a second intra-op thread only adds contention on a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pair_index(tokens: torch.Tensor, modulus: int) -> torch.Tensor:
