@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from antigrok.files import write_csv_atomically, write_text_atomically
+from antigrok.files import partial_path, write_atomically, write_csv_atomically, write_text_atomically
 
 
 def test_csv_is_written_as_to_csv_writes_it(tmp_path):
@@ -36,3 +36,21 @@ def test_text_replaces_the_file_in_one_rename(tmp_path):
     write_text_atomically(target, "first")
     write_text_atomically(target, "second")
     assert target.read_text() == "second" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "step000001.pt"
+
+    def fail_halfway(partial):
+        partial.write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, fail_halfway)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_temporary_name_matches_no_glob_of_finished_files(tmp_path):
+    for name in ("step000001.pt", "htsr.csv", "spectra.npz", "fig.png"):
+        assert not partial_path(tmp_path / name).match("*" + name[name.index("."):])
+        assert not partial_path(tmp_path / name).match("step*.pt")

@@ -24,7 +24,7 @@ def test_the_import_graph_has_no_cycle():
 
 def test_the_spectral_primitives_depend_on_no_engine():
     graph = import_graph.import_graph()
-    assert graph["spectral"] == set()
+    assert graph["spectral"] <= {"files"} and graph["files"] == set()  # files: atomic writes, a leaf
     assert "htsr" not in graph["fastspectra"] | graph["traps"]
     assert "train" not in graph["htsr"]
 

@@ -65,4 +65,4 @@ def test_write_paper_comparison_files(tmp_path):
     out = write_paper_comparison(PAPER_CSV, paths, "mnist_mlp", 0.01, "mnist_mlp: the paper's", tmp_path / "c.csv", tmp_path / "c.md")
     assert len(out) == 33 and (out["ours_n_seeds"] == 0).all()
     assert pd.read_csv(tmp_path / "c.csv").shape[0] == 33
-    assert not list(tmp_path.glob(".partial.*"))
+    assert not list(tmp_path.glob("*.partial"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from antigrok.files import write_atomically
 from antigrok.loading import safe_torch_load
 
 MNIST_RAW_FILES = (
@@ -137,11 +138,7 @@ def prepare_dataset(dataset_cfg: dict, data_cfg: dict) -> dict:
 
 
 def save_dataset(dataset: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(dataset, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda partial: torch.save(dataset, partial))
 
 
 def load_dataset(path: str | Path) -> dict:

@@ -30,7 +30,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from antigrok.files import write_text_atomically
+from antigrok.files import write_atomically, write_text_atomically
 from antigrok.phases import edges_from_phases
 from antigrok.spectral import mp_edges, mp_sigma_of_edge
 from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha
@@ -82,10 +82,7 @@ def save_figure(fig: Figure, paths: Iterable[str | Path]) -> None:
     """Write ``fig`` to each path (format from the suffix: .png with Agg, .pdf)."""
     for path in paths:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".partial.{path.stem}{path.suffix}")  # the suffix names the format
-        fig.savefig(partial, dpi=DPI)
-        partial.replace(path)
+        write_atomically(path, lambda partial: fig.savefig(partial, dpi=DPI, format=path.suffix.lstrip(".")))
         log.info("wrote %s", path)
 
 

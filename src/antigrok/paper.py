@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from antigrok.files import write_csv_atomically, write_text_atomically
 PAPER_COLUMNS = ["table", "weight_decay", "phase", "layer", "metric", "paper_mean", "paper_std", "paper_text"]
 COMPARISON_COLUMNS = [
     "table", "experiment", "weight_decay", "phase", "layer", "metric",
@@ -119,10 +120,6 @@ def write_paper_comparison(paper_csv, table_csvs: dict, experiment: str, positiv
     paper = read_paper_tables(paper_csv, positive_weight_decay)
     ours = {table: pd.read_csv(path) for table, path in table_csvs.items()}
     comparison = compare_with_paper(paper, ours, experiment)
-    for path, text in ((csv_path, comparison.to_csv(index=False)), (md_path, comparison_markdown(comparison, description))):
-        final = Path(path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(".partial." + final.name)
-        partial.write_text(text)
-        partial.replace(final)
+    write_csv_atomically(comparison, csv_path)
+    write_text_atomically(md_path, comparison_markdown(comparison, description))
     return comparison

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from antigrok.files import write_csv_atomically
 from antigrok.models import build_model, relu_modules
 from antigrok.train import load_checkpoint
 
@@ -299,8 +300,5 @@ def write_progress_csv(checkpoint_dir: str | Path, dataset_path: str | Path, out
     if not paths:
         raise FileNotFoundError(f"no step*.pt checkpoints in {checkpoint_dir}; rerun the train rule")
     table = progress_for_checkpoints(paths, load_dataset(dataset_path), settings)
-    output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(output)
+    write_csv_atomically(table, output)
     return table

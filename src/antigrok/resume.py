@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from antigrok.files import write_csv_atomically, write_text_atomically
+from antigrok.files import write_atomically, write_csv_atomically, write_text_atomically
 from antigrok.loading import safe_torch_load
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,7 @@ class Resume:
 
     def save(self, state: dict) -> None:
         """Write ``state`` (it must hold ``fingerprint`` and ``step``) atomically."""
-        tmp = self.state_path.with_name(STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.state_path)
+        write_atomically(self.state_path, lambda partial: torch.save(state, partial))
 
     def finish(self, train_logs: list[pd.DataFrame]) -> list[pd.DataFrame]:
         """Mark every run, drop the resume state, commit every run (see the module docstring)."""

@@ -11,7 +11,7 @@ antigrok.fastspectra) and antigrok.traps share: one definition each, imported by
   and ``read_htsr`` (htsr.csv, floats bit-exact).
 
 The expressions are WeightWatcher 0.7.5.5's operations, in its order, so that results computed
-from them match its own bit for bit; this module imports nothing of antigrok.
+from them match its own bit for bit; of antigrok this module imports only antigrok.files.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
+
+from antigrok.files import write_atomically
 
 
 def layer_seed(run_seed: int, step: int, layer: str) -> int:
@@ -143,11 +145,11 @@ def spectrum_key(kind: str, layer: str, step: int) -> str:
 
 def save_spectra(arrays: Mapping[str, np.ndarray], path: str | Path) -> None:
     """Write spectra.npz (compressed), atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as stream:
-        np.savez_compressed(stream, **{key: arrays[key] for key in sorted(arrays)})
-    tmp.replace(path)
+    def write(partial: Path) -> None:
+        with open(partial, "wb") as stream:  # a stream: savez would append .npz to a bare name
+            np.savez_compressed(stream, **{key: arrays[key] for key in sorted(arrays)})
+
+    write_atomically(path, write)
 
 
 def load_spectra(path: str | Path) -> dict[str, np.ndarray]:

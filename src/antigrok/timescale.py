@@ -18,12 +18,12 @@ Everything is read from the per-run files of the other rules; nothing is trained
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from antigrok.files import write_atomically
 from antigrok.summary import RUN_KEYS, average_alpha, read_run_files
 
 TIMESCALE_COLUMNS = [
@@ -194,14 +194,10 @@ def write_timescale(train_log_paths, phases_paths, htsr_paths, traps_paths, lear
     writers = {
         "table_csv": lambda path: table.to_csv(path, index=False),
         "slope_csv": lambda path: slope.to_csv(path, index=False),
-        "table_md": lambda path: Path(path).write_text(timescale_markdown(table, slope)),
+        "table_md": lambda path: path.write_text(timescale_markdown(table, slope)),
         "figure_png": lambda path: fig.savefig(path, format="png"),
         "figure_pdf": lambda path: fig.savefig(path, format="pdf"),
     }
     for key, write in writers.items():
-        final = Path(outputs[key])
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(".partial." + final.name)
-        write(partial)
-        partial.replace(final)
+        write_atomically(outputs[key], write)
     return table

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from antigrok.fast_mlp_step import FastMLPStep, unsupported_reason
+from antigrok.files import write_atomically
 from antigrok.loading import read_checkpoint
 from antigrok.models import DTYPES, build_model
 from antigrok.resume import Resume, RunFiles, checkpoint_path  # noqa: F401 (checkpoint_path: re-exported)
@@ -306,9 +307,7 @@ def save_checkpoint(path: Path, model, spec: RunSpec, step: int) -> None:
         "model_config": spec.experiment_cfg["model"],
         "dtype": spec.experiment_cfg.get("dtype", "float64"),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda partial: torch.save(payload, partial))
 
 
 MAX_SEGMENT_STEPS = 256  # steps between two looks at the clock (resume state) when no event is due
