@@ -82,7 +82,9 @@ def trap_row(name: str, traps: pd.DataFrame) -> dict:
 
 def markdown(table: pd.DataFrame) -> str:
     def cell(value) -> str:
-        return f"{value:.2f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return "—" if value != value else f"{value:.2f}"  # NaN: no value (e.g. a failed fit)
+        return str(value)
 
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]

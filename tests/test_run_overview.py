@@ -49,3 +49,8 @@ def test_tables_keep_the_model_order_of_layers_and_count_trapped_checkpoints(tmp
 def test_a_folder_without_runs_is_named_in_the_error(tmp_path):
     with pytest.raises(SystemExit, match="expected runs/"):
         run_overview.main([str(tmp_path)])
+
+
+def test_a_failed_fit_is_a_dash_not_nan():
+    table = pd.DataFrame({"run": ["r"], "step": [5], "q": [float("nan")], "k": [1.234]})
+    assert run_overview.markdown(table).splitlines()[-1] == "| r | 5 | — | 1.23 |"
