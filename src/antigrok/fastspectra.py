@@ -7,7 +7,10 @@ a sklearn KernelDensity of the same eigenvalues for every one of them, although 
 depend on sigma. This module runs the same algorithm, step by step, organised so that nothing is
 computed twice (``antigrok.htsr`` documents the quantities; ``htsr.engine: fast`` selects it):
 
-* eigenvalues: of the smaller Gram matrix ``W W^T`` (``eigvalsh``), batched over checkpoints.
+* eigenvalues: of the smaller Gram matrix ``W W^T`` (``eigvalsh``); ``analyze_layer_series`` takes a
+  stack of one layer's checkpoints and decomposes it in one call, but the workflow's ``spectra``
+  rule and ``antigrok analyze`` pass one matrix at a time (``analyze_layer_fast``) and parallelise
+  over checkpoints in processes instead (``htsr.threads``).
   WeightWatcher squares the singular values of ``scipy.linalg.svd``: the same numbers to ~1e-14
   relative; a nearly singular W, or an eigenvalue next to the 1e-5 cut, gets that SVD itself. A
   layer of 1024 x 1024 or larger (``BIG_LAYER_WORK``) is decomposed with the process's BLAS
