@@ -1,0 +1,70 @@
+"""The committed modular-addition references say what their READMEs say (docs/reference/modadd_cpu*/).
+
+Each run's committed phases.csv is what the workflow's segmentation gives from its train log, and the
+headline findings are checked against the per-run CSVs, so a rerun that changes them fails here.
+"""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from antigrok.phases import PhaseThresholds, edges_from_phases, segment_phases
+from conftest import REPO
+
+REFERENCES = [REPO / "docs" / "reference" / name for name in ("modadd_cpu", "modadd_cpu_long")]
+
+
+def runs() -> list[Path]:
+    return sorted(path.parent for reference in REFERENCES for path in reference.glob("runs/*/wd*/seed*/train_log.csv"))
+
+
+def train_log(experiment: str, weight_decay: str, seed: int, reference: str | None = None) -> pd.DataFrame:
+    reference = reference or experiment
+    return pd.read_csv(REPO / "docs" / "reference" / reference / "runs" / experiment / f"wd{weight_decay}" / f"seed{seed}" / "train_log.csv")
+
+
+def first_step_above(log: pd.DataFrame, accuracy: float) -> float:
+    fit = log.loc[log["train_acc"] >= 0.99, "step"].min()
+    above = log[(log["step"] >= fit) & (log["test_acc"] > accuracy)]
+    return float(above["step"].iloc[0]) if len(above) else float("nan")
+
+
+def test_the_references_hold_their_runs():
+    names = {"/".join(run.parts[-3:]) for run in runs()}
+    assert {"modadd_cpu/wd1.0/seed0", "modadd_cpu/wd1.0/seed1", "modadd_cpu/wd0.0/seed0", "modadd_cpu/wd0.0/seed1",
+            "modadd_cpu_long/wd0.0/seed0", "modadd_cpu_float64/wd0.0/seed0", "modadd_cpu_float64/wd1.0/seed0"} <= names
+
+
+@pytest.mark.parametrize("run", runs(), ids=lambda run: "/".join(run.parts[-3:]))
+def test_committed_phases_are_what_the_segmentation_gives(run):
+    committed = pd.read_csv(run / "phases.csv")
+    recomputed = segment_phases(pd.read_csv(run / "train_log.csv"), PhaseThresholds())
+    assert committed["phase"].tolist() == recomputed["phase"].tolist()
+    assert edges_from_phases(committed) == edges_from_phases(recomputed)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weight_decay_1_groks_from_near_chance(seed):
+    log = train_log("modadd_cpu", "1.0", seed)
+    fit = log[log["train_acc"] >= 0.99].iloc[0]
+    assert fit["test_acc"] < 0.2 and first_step_above(log, 0.9) <= 600
+    assert log["test_acc"].iloc[-1] > 0.99
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_without_weight_decay_float32_groks_late_then_freezes(seed):
+    assert math.isnan(first_step_above(train_log("modadd_cpu", "0.0", seed), 0.9))  # not within 1e4 steps
+    log = train_log("modadd_cpu_long", "0.0", seed)
+    assert 1.2e4 <= first_step_above(log, 0.9) <= 1.7e4
+    late = log[log["step"] >= 3.2e4]
+    assert (late["train_loss"] == 0).all() and late["test_acc"].nunique() == 1
+
+
+def test_float64_has_no_loss_spikes_and_no_late_rise_without_weight_decay():
+    for weight_decay in ("0.0", "1.0"):
+        loss = train_log("modadd_cpu_float64", weight_decay, 0, reference="modadd_cpu_long")["train_loss"].to_numpy()
+        assert not (loss[1:] >= 100 * loss[:-1]).any()
+    log = train_log("modadd_cpu_float64", "0.0", 0, reference="modadd_cpu_long")
+    assert log.loc[log["step"] >= 100, "test_acc"].between(0.18, 0.23).all()
