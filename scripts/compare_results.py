@@ -37,12 +37,21 @@ def same_arrays(a: Path, b: Path) -> bool:
         return sorted(one.files) == sorted(two.files) and all(np.array_equal(one[k], two[k]) for k in one.files)
 
 
+def same_value(one, two) -> bool:
+    """Equal, recursively: tensors by torch.equal (dtype and shape too), containers item by item."""
+    if isinstance(one, torch.Tensor) or isinstance(two, torch.Tensor):
+        return (isinstance(one, torch.Tensor) and isinstance(two, torch.Tensor) and one.dtype == two.dtype
+                and one.shape == two.shape and torch.equal(one, two))
+    if isinstance(one, dict) and isinstance(two, dict):
+        return list(one) == list(two) and all(same_value(one[k], two[k]) for k in one)
+    if isinstance(one, (list, tuple)) and isinstance(two, (list, tuple)):
+        return type(one) is type(two) and len(one) == len(two) and all(map(same_value, one, two))
+    return type(one) is type(two) and one == two
+
+
 def same_checkpoint(a: Path, b: Path) -> bool:
-    one, two = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    if {k: v for k, v in one.items() if k != "model"} != {k: v for k, v in two.items() if k != "model"}:
-        return False
-    return list(one["model"]) == list(two["model"]) and all(torch.equal(one["model"][k], two["model"][k])
-                                                            for k in one["model"])
+    """Checkpoints and prepared datasets: the same tensors and metadata (not the same bytes)."""
+    return same_value(torch.load(a, weights_only=True), torch.load(b, weights_only=True))
 
 
 def main(old: Path, new: Path) -> int:
