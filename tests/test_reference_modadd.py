@@ -13,7 +13,7 @@ import pytest
 from antigrok.phases import PhaseThresholds, edges_from_phases, segment_phases
 from conftest import REPO
 
-REFERENCES = [REPO / "docs" / "reference" / name for name in ("modadd_cpu", "modadd_cpu_long")]
+REFERENCES = [REPO / "docs" / "reference" / name for name in ("modadd_cpu", "modadd_cpu_long", "modadd_cpu_float64_long")]
 
 
 def runs() -> list[Path]:
@@ -68,3 +68,10 @@ def test_float64_has_no_loss_spikes_and_no_late_rise_without_weight_decay():
         assert not (loss[1:] >= 100 * loss[:-1]).any()
     log = train_log("modadd_cpu_float64", "0.0", 0, reference="modadd_cpu_long")
     assert log.loc[log["step"] >= 100, "test_acc"].between(0.18, 0.23).all()
+
+
+def test_float64_does_not_grok_in_twice_the_float32_grokking_time():
+    log = train_log("modadd_cpu_float64_long", "0.0", 0)
+    assert log["step"].iloc[-1] == 30000 and log.loc[log["step"] >= 100, "test_acc"].max() < 0.23
+    loss = log["train_loss"].to_numpy()
+    assert not (loss[1:] >= 100 * loss[:-1]).any()
