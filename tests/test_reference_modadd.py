@@ -13,7 +13,7 @@ import pytest
 from antigrok.phases import PhaseThresholds, edges_from_phases, segment_phases
 from conftest import REPO
 
-REFERENCES = [REPO / "docs" / "reference" / name for name in ("modadd_cpu", "modadd_cpu_long", "modadd_cpu_float64_long")]
+REFERENCES = [REPO / "docs" / "reference" / name for name in ("modadd_cpu", "modadd_cpu_long", "modadd_cpu_float64_long", "modadd_cpu_lr3e-2")]
 
 
 def runs() -> list[Path]:
@@ -75,3 +75,12 @@ def test_float64_does_not_grok_in_twice_the_float32_grokking_time():
     assert log["step"].iloc[-1] == 30000 and log.loc[log["step"] >= 100, "test_acc"].max() < 0.23
     loss = log["train_loss"].to_numpy()
     assert not (loss[1:] >= 100 * loss[:-1]).any()
+
+
+def test_at_lr_3e_2_no_weight_decay_holds_and_weight_decay_1_breaks_down_in_training():
+    held = train_log("modadd_cpu_lr3e-2", "0.0", 0)
+    assert first_step_above(held, 0.9) < 400 and held["test_acc"].iloc[-1] > 0.97
+    broken = train_log("modadd_cpu_lr3e-2", "1.0", 0)
+    assert first_step_above(broken, 0.9) < 200
+    late = broken[broken["step"] >= 482]
+    assert late["train_acc"].max() < 0.51 and late["test_acc"].max() < 0.35  # train accuracy falls too
