@@ -22,10 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
-def run_dirs(root: Path) -> dict[str, Path]:
-    return {str(path.parent.relative_to(root / "runs")): path.parent
-            for path in sorted((root / "runs").glob("*/wd*/seed*/train_log.csv"))}
+from compare_runs import run_dirs  # scripts/ is on the path when a script of it runs
 
 
 def loss_spikes(train_log: pd.DataFrame, ratio: float) -> pd.DataFrame:

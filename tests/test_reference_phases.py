@@ -1,5 +1,6 @@
 """Phases on real curves: the committed CPU reference runs (docs/reference/cpu/) are segmented where a
-person reading their accuracy figure would put the edges.
+person reading their accuracy figure would put the edges; and every committed reference run's phases.csv
+(all of docs/reference/) is what the workflow's segmentation gives from its train log.
 
 What "a person" sees is modelled by a heavier smoothing than the workflow's: a centred moving median
 over a quarter of a decade (15 of the 60 logged rows per decade). The tolerances below are that
@@ -28,6 +29,11 @@ def reference_runs() -> list[Path]:
     return sorted(path.parent for path in REFERENCE.glob("runs/*/wd*/seed*/train_log.csv"))
 
 
+def every_reference_run() -> list[Path]:
+    """The runs of every folder of docs/reference/ (cpu, timescale, modadd_cpu, ...)."""
+    return sorted(path.parent for path in REFERENCE.parent.glob("*/runs/*/wd*/seed*/phases.csv"))
+
+
 def reader_curve(train_log: pd.DataFrame) -> pd.Series:
     return train_log["test_acc"].rolling(READER_WINDOW, center=True, min_periods=1).median()
 
@@ -38,7 +44,7 @@ def test_the_reference_holds_both_weight_decays_and_two_seeds():
     assert {run.parent.name for run in runs} == {"wd0.0", "wd0.01"}
 
 
-@pytest.mark.parametrize("run", reference_runs(), ids=lambda run: "/".join(run.parts[-3:]))
+@pytest.mark.parametrize("run", every_reference_run(), ids=lambda run: "/".join(run.parts[-5:]).replace("reference/", ""))
 def test_committed_phases_are_what_the_segmentation_gives(run):
     committed = pd.read_csv(run / "phases.csv")
     recomputed = segment_phases(pd.read_csv(run / "train_log.csv"), PhaseThresholds())

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from antigrok.files import write_csv_atomically, write_text_atomically
+
 PAPER_COLUMNS = ["table", "weight_decay", "phase", "layer", "metric", "paper_mean", "paper_std", "paper_text"]
 COMPARISON_COLUMNS = [
     "table", "experiment", "weight_decay", "phase", "layer", "metric",
