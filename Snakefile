@@ -46,6 +46,7 @@ localrules:
     prepare_data,
     tables,
     detectors,
+    warning_rules,
     phase_edges,
     report_table,
     figure_accuracy,

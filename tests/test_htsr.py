@@ -213,7 +213,7 @@ def test_real_mnist_checkpoint_equals_weightwatcher_called_directly(mnist_checkp
     checkpoint = torch.load(mnist_checkpoint, weights_only=False)
     table = htsr.analyze_state_dict(checkpoint["model"], seed=3, step=100, engine=engine)
     assert list(table["layer"]) == ["fc1", "fc2", "fc3"]
-    assert list(table.columns) == htsr.HTSR_COLUMNS + ["num_traps"]
+    assert list(table.columns) == htsr.HTSR_COLUMNS + ["num_traps", "num_traps_centered"]
     tolerance = 0.0 if engine == "weightwatcher" else 1e-9
     ww = htsr._weightwatcher()
     for row in table.itertuples():
@@ -322,7 +322,7 @@ def test_checkpoints_serial_and_parallel_give_the_same_files(tmp_path):
     assert list(zip(serial["step"], serial["layer"])) == [(0, "fc1"), (0, "fc2"), (10, "fc1"), (10, "fc2")]
     assert (serial["analysis_seconds"] > 0).all()
     assert sorted(serial_arrays) == sorted(
-        f"{kind}/{layer}/{step:09d}" for kind in ("evals", "rand_evals") for layer in ("fc1", "fc2")
+        f"{kind}/{layer}/{step:09d}" for kind in ("evals", "rand_evals", "rand_evals_centered") for layer in ("fc1", "fc2")
         for step in (0, 10))
     assert all(np.all(np.diff(array) >= 0) for array in serial_arrays.values())
 

@@ -123,7 +123,7 @@ def train_steps(model, monitor, steps, seed=0, **metrics):
 
 def comparable(frame):
     frame = frame.drop(columns=["analysis_seconds"]).reset_index(drop=True)
-    return frame.astype({"num_traps": "Int64"})
+    return frame.astype({"num_traps": "Int64", "num_traps_centered": "Int64"})
 
 
 @pytest.mark.parametrize("background", [None, "thread", "process"])
@@ -134,7 +134,7 @@ def test_monitor_rows_equal_analyze_state_dict(tmp_path, background):
         expected = analyze_state_dict(model.state_dict(), seed=7, step=3)  # the weights of step 3
         train_steps(model, monitor, 2)
     rows = monitor.history[monitor.history.step == 3]
-    pd.testing.assert_frame_equal(comparable(rows[HTSR_COLUMNS + ["num_traps"]]), comparable(expected))
+    pd.testing.assert_frame_equal(comparable(rows[HTSR_COLUMNS + ["num_traps", "num_traps_centered"]]), comparable(expected))
     written = pd.read_csv(tmp_path / "m.csv")
     assert written.columns.tolist() == MONITOR_COLUMNS
     assert written.step.tolist() == [3, 3]  # step 5 is not a multiple of 3
@@ -150,7 +150,7 @@ def test_monitor_copies_the_weights_when_it_looks(tmp_path):
     with torch.no_grad():
         model.fc1.weight.mul_(3.0)
     monitor.close()
-    pd.testing.assert_frame_equal(comparable(monitor.history[HTSR_COLUMNS + ["num_traps"]]), comparable(expected))
+    pd.testing.assert_frame_equal(comparable(monitor.history[HTSR_COLUMNS + ["num_traps", "num_traps_centered"]]), comparable(expected))
 
 
 def test_monitor_schedule_at_steps_and_float64_copy():

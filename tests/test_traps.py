@@ -88,8 +88,10 @@ def test_failed_mp_fit_gives_a_missing_count_not_zero():
     result = traps.count_traps(np.linspace(1, 2, 20), rows=40, cols=20, sigma=math.nan)
     assert result["num_traps"] is pd.NA and math.isnan(result["trap_threshold"])
     stats = pd.DataFrame({"step": [0], "layer": ["fc1"], "rows": [40], "cols": [20], "rand_sigma_mp": [math.nan]})
-    table = traps.compute_traps(stats, {"rand_evals/fc1/000000000": np.linspace(1, 2, 20)}, 1.0)
+    spectra = {"rand_evals/fc1/000000000": np.linspace(1, 2, 20), "rand_evals_centered/fc1/000000000": np.linspace(1, 2, 20)}
+    table = traps.compute_traps(stats, spectra, 1.0)
     assert table["num_traps"].isna().all() and str(table["num_traps"].dtype) == "Int64"
+    assert table["num_traps_centered"].isna().all() and str(table["num_traps_centered"].dtype) == "Int64"
     assert table["trap_eigenvalues"].tolist() == [""]
 
 
@@ -140,3 +142,46 @@ def test_threshold_changes_rerun_only_what_reads_them(smoke_workdir):
     result = snakemake(smoke_workdir, "-n", overrides={"htsr": {"alpha_critical": 1.5}})
     jobs = dry_run_jobs(result.stdout + result.stderr)
     assert not {"prepare_data", "train", "spectra", "traps", "progress"} & set(jobs), jobs
+
+
+# --------------------------------------------------------------------------- the mean-shift outlier
+
+
+def test_a_mean_shift_is_one_raw_trap_and_none_once_the_mean_is_removed(spectra_files):
+    table = traps.compute_traps(htsr.read_htsr(spectra_files / "htsr.csv"),
+                                htsr.load_spectra(spectra_files / "spectra.npz"), 1.0).set_index(["step", "layer"])
+    spike = table.loc[(0, "spike")]
+    assert (spike["num_traps"], spike["num_traps_centered"]) == (1, 0)
+    # the raw outlier sits where the BBP formula puts a rank-one spike s = mu^2 N M on unit-variance noise
+    weight = mean_shift(gaussian(seed=1), 60.0)
+    s, n, m = weight.mean() ** 2 * weight.size, *weight.shape
+    sigma2 = weight.var()
+    assert spike["max_rand_eval"] == pytest.approx(s + sigma2 * (n + m) + sigma2**2 * n * m / s, rel=0.03)
+    assert spike["max_rand_eval_centered"] < spike["trap_threshold"]
+    # without a mean there is nothing to remove: the same count
+    plain = table.loc[(0, "plain")]
+    assert plain["num_traps"] == plain["num_traps_centered"] == 0
+
+
+def test_traps_of_large_entries_survive_centering(spectra_files):
+    table = traps.compute_traps(htsr.read_htsr(spectra_files / "htsr.csv"),
+                                htsr.load_spectra(spectra_files / "spectra.npz"), 1.0).set_index(["step", "layer"])
+    heavy = table.loc[(0, "heavy")]
+    assert heavy["num_traps"] >= 2
+    assert heavy["num_traps_centered"] >= heavy["num_traps"] - 1
+
+
+def test_centered_spectrum_is_the_shuffled_draws_minus_their_mean():
+    from antigrok.fastspectra import centered_random_esd, shuffled_weights
+
+    weight = mean_shift(gaussian(rows=30, cols=50, seed=7), 20.0)
+    replicas = shuffled_weights(weight, 11)
+    expected = np.sort(np.concatenate([np.linalg.svd(r - r.mean(), compute_uv=False) ** 2 for r in replicas]))
+    np.testing.assert_allclose(centered_random_esd(weight, 11), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_spectra_written_before_the_centered_count_ask_for_a_rerun():
+    stats = pd.DataFrame({"step": [3], "layer": ["fc1"], "rows": [40], "cols": [20], "rand_sigma_mp": [1.0]})
+    spectra = {"rand_evals/fc1/000000003": np.linspace(0.1, 5, 20)}
+    with pytest.raises(KeyError, match="rand_evals_centered/fc1/000000003.*rerun the spectra rule"):
+        traps.compute_traps(stats, spectra, 1.0)

@@ -224,6 +224,20 @@ def random_esd_batch(weights: np.ndarray, seeds: Sequence[int], shuffled: np.nda
     return np.sort(evals.reshape(len(shuffled), -1), axis=-1)
 
 
+def centered_random_esd(weight: np.ndarray, seed: int) -> np.ndarray:
+    """Eigenvalues of WeightWatcher's W_rand with its mean removed, replicas pooled and sorted.
+
+    Shuffling keeps the entries' mean mu, so ``W_rand = mu 1 1^T + noise``: a rank-one spike of
+    strength mu^2 N M that stands above the MP bulk once |mu| > sigma / (N M)^(1/4) and is counted
+    as a Correlation Trap although it says nothing of correlations between rows and columns.
+    Subtracting mu from the same shuffled draws (``shuffled_weights(weight, seed)``) removes that
+    spike and leaves the bulk unchanged (antigrok.traps, ``num_traps_centered``).
+    """
+    replicas = shuffled_weights(weight, seed)
+    replicas -= replicas.mean(axis=(-2, -1), keepdims=True)
+    return np.sort(esd_batch(replicas, shuffled=True).reshape(-1))
+
+
 # ---------------------------------------------------------------- power law (WW_powerlaw.WWFit)
 
 

@@ -97,10 +97,11 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from antigrok.fastspectra import analyze_layer_fast
+from antigrok.fastspectra import analyze_layer_fast, centered_random_esd
 from antigrok.files import write_csv_atomically
 from antigrok.loading import read_checkpoint
 from antigrok.spectral import (  # noqa: F401 (mp_edges, mp_cdf, load_spectra, read_htsr: re-exported)
+    CENTERED_RAND_EVALS,
     layer_seed,
     load_spectra,
     mp_cdf,
@@ -400,6 +401,8 @@ def analyze_weights(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: 
         seconds = time.perf_counter() - start
         arrays[spectrum_key("evals", layer, step)] = np.sort(np.asarray(result["evals"], dtype=np.float64))
         arrays[spectrum_key("rand_evals", layer, step)] = np.sort(np.asarray(result["rand_evals"], dtype=np.float64))
+        arrays[spectrum_key(CENTERED_RAND_EVALS, layer, step)] = centered_random_esd(
+            weight, layer_seed(run_seed, step, layer))
         row = {key: result[key] for key in LAYER_KEYS if key not in ("evals", "rand_evals")}
         rows.append({"step": step, "layer": layer, **row, "analysis_seconds": seconds})
     return rows, arrays
@@ -420,7 +423,8 @@ def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xma
                        step: int = 0) -> pd.DataFrame:
     """HTSR metrics of a model's weights, no data needed: one row per analyzable 2-D weight.
 
-    Columns: htsr.csv's, plus ``num_traps`` (Correlation Traps at Tracy-Widom scale 1.0).
+    Columns: htsr.csv's, plus ``num_traps`` (Correlation Traps at Tracy-Widom scale 1.0) and
+    ``num_traps_centered`` (the same with the mean-shift outlier removed, antigrok.traps).
     ``seed`` and ``step`` pick the randomization as the workflow does for (run seed, step),
     so a checkpoint analyzed here gives the row of its run's htsr.csv.
     """
@@ -432,6 +436,7 @@ def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xma
     table = htsr_table(rows)
     traps = compute_traps(table, arrays, tracy_widom_scale=1.0)
     table["num_traps"] = traps["num_traps"].to_numpy()
+    table["num_traps_centered"] = traps["num_traps_centered"].to_numpy()
     return table
 
 

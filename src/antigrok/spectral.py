@@ -138,6 +138,10 @@ def mp_ks_test(rand_evals: np.ndarray, rows: int, cols: int, sigma) -> tuple[flo
 # ----------------------------------------------------------------------------- spectra.npz, htsr.csv
 
 
+# spectra.npz kind of W_rand's eigenvalues with the entries' mean removed (fastspectra.centered_random_esd)
+CENTERED_RAND_EVALS = "rand_evals_centered"
+
+
 def spectrum_key(kind: str, layer: str, step: int) -> str:
     """Key of one spectrum in spectra.npz: ``evals/fc1/000001000`` or ``rand_evals/fc1/...``."""
     return f"{kind}/{layer}/{int(step):09d}"

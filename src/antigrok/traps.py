@@ -12,6 +12,14 @@ rows and columns except what the entry distribution itself carries. A rank-one s
 ``c u v^T`` with a non-zero mean (e.g. u, v of one sign) leaves its mean in every entry, and a
 matrix of i.i.d. entries with mean mu has one eigenvalue near ``mu^2 N M`` above the bulk; so do
 a few very large entries. A zero-mean structure (random signs) turns into noise and is no trap.
+
+The mean itself is such a structure: shuffling keeps the entries' mean mu, so W_rand = mu 1 1^T +
+noise has a rank-one outlier at about s + sigma^2 (N + M) + sigma^4 N M / s, s = mu^2 N M (the BBP
+location), whenever |mu| > sigma / (N M)^(1/4) (0.008 for the paper's fc1). WeightWatcher 0.7.5.5
+does not centre, so its count includes that outlier. ``num_traps_centered`` counts the eigenvalues
+of the same shuffled draws with mu subtracted (spectra.npz ``rand_evals_centered``) above the same
+threshold (the bulk, and so the MP fit, is the mean's to leave alone): the traps that are not the
+mean.
 """
 
 from __future__ import annotations
@@ -25,13 +33,13 @@ import numpy as np
 import pandas as pd
 
 from antigrok.files import write_csv_atomically
-from antigrok.spectral import load_spectra, read_htsr, spectrum_key, tracy_widom_cutoff
+from antigrok.spectral import CENTERED_RAND_EVALS, load_spectra, read_htsr, spectrum_key, tracy_widom_cutoff
 
 log = logging.getLogger(__name__)
 
 TRAPS_COLUMNS = [
     "step", "layer", "tracy_widom_scale", "rand_lambda_plus", "trap_threshold", "num_traps",
-    "trap_eigenvalues", "max_rand_eval",
+    "trap_eigenvalues", "max_rand_eval", "num_traps_centered", "max_rand_eval_centered",
 ]
 
 
@@ -59,6 +67,27 @@ def count_traps(rand_evals: np.ndarray, *, rows: int, cols: int, sigma: float, t
     }
 
 
+def count_above(evals: np.ndarray, threshold: float):
+    """How many of ``evals`` lie above ``threshold``; missing (pd.NA) where the threshold is NaN."""
+    return int(np.count_nonzero(np.asarray(evals) > threshold)) if np.isfinite(threshold) else pd.NA
+
+
+def centered_count(spectra: Mapping[str, np.ndarray], row, trap_threshold: float) -> dict:
+    """``num_traps_centered`` and ``max_rand_eval_centered`` of one htsr.csv row.
+
+    The centred eigenvalues are compared with the WeightWatcher-equal ``trap_threshold`` directly:
+    the mean moves one eigenvalue, not the bulk edge. spectra.npz files written before the centred
+    spectrum existed have no such key: the rule then asks for the spectra to be recomputed.
+    """
+    key = spectrum_key(CENTERED_RAND_EVALS, row.layer, row.step)
+    if key not in spectra:
+        raise KeyError(f"spectra has no {key!r} (written before the mean-shift-removed trap count existed); "
+                       "rerun the spectra rule, e.g. snakemake --forcerun spectra")
+    evals = spectra[key]
+    return {"num_traps_centered": count_above(evals, trap_threshold),
+            "max_rand_eval_centered": float(np.max(evals)) if len(evals) else math.nan}
+
+
 def format_eigenvalues(values: np.ndarray) -> str:
     """``"1234.5;87.25"``: ';'-joined, 10 significant digits (full precision is in spectra.npz)."""
     return ";".join(f"{value:.10g}" for value in values)
@@ -74,6 +103,7 @@ def compute_traps(htsr: pd.DataFrame, spectra: Mapping[str, np.ndarray], tracy_w
                            "rerun the spectra rule so both files come from the same analysis")
         traps = count_traps(spectra[key], rows=row.rows, cols=row.cols, sigma=row.rand_sigma_mp,
                             tracy_widom_scale=tracy_widom_scale)
+        centered = centered_count(spectra, row, traps["trap_threshold"])
         records.append({
             "step": row.step,
             "layer": row.layer,
@@ -83,9 +113,11 @@ def compute_traps(htsr: pd.DataFrame, spectra: Mapping[str, np.ndarray], tracy_w
             "num_traps": traps["num_traps"],
             "trap_eigenvalues": format_eigenvalues(traps["trap_eigenvalues"]),
             "max_rand_eval": traps["max_rand_eval"],
+            **centered,
         })
     table = pd.DataFrame(records, columns=TRAPS_COLUMNS)
-    table["num_traps"] = table["num_traps"].astype("Int64")  # missing where the MP fit failed
+    for column in ("num_traps", "num_traps_centered"):
+        table[column] = table[column].astype("Int64")  # missing where the MP fit failed
     return table
 
 

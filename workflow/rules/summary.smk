@@ -88,3 +88,39 @@ GLOBAL_TARGETS.extend(
     ]
     + [f"{TABLES}/detectors.csv"]
 )
+
+
+# Candidate early-warning rules (warning_rules.rules), each run scored by its own outcome.
+rule warning_rules:
+    input:
+        htsr=run_files("htsr.csv"),
+        traps=run_files("traps.csv"),
+        progress=run_files("progress.csv"),
+        phases=run_files("phases.csv"),
+    output:
+        runs_csv=f"{TABLES}/warning_rules.csv",
+        summary_csv=f"{TABLES}/warning_rules_summary.csv",
+        summary_md=f"{TABLES}/warning_rules_summary.md",
+    log:
+        "logs/warning_rules/warning_rules.log",
+    benchmark:
+        "logs/warning_rules/warning_rules.benchmark.tsv"
+    conda:
+        ENV_ANALYSIS
+    params:
+        rules=config["warning_rules"]["rules"],
+        descriptions={
+            name: experiment_description(name) for name in config["experiments"]
+        },
+    script:
+        "../scripts/warning_rules.py"
+
+
+if config["warning_rules"]["rules"]:
+    GLOBAL_TARGETS.extend(
+        [
+            f"{TABLES}/warning_rules.csv",
+            f"{TABLES}/warning_rules_summary.csv",
+            f"{TABLES}/warning_rules_summary.md",
+        ]
+    )

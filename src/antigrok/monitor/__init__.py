@@ -55,7 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # The monitor CSV: htsr.csv's columns, then traps.csv's that htsr.csv does not have.
-TRAP_COLUMNS = ["tracy_widom_scale", "trap_threshold", "num_traps", "trap_eigenvalues"]
+TRAP_COLUMNS = ["tracy_widom_scale", "trap_threshold", "num_traps", "trap_eigenvalues", "num_traps_centered"]
 MONITOR_COLUMNS = HTSR_COLUMNS + TRAP_COLUMNS
 BACKGROUNDS = ("thread", "process", None)
 
@@ -112,7 +112,8 @@ def analyze_snapshot(matrices: Mapping[str, np.ndarray], seed: int, step: int, f
     traps = compute_traps(table, arrays, tracy_widom_scale)
     for column in TRAP_COLUMNS:
         table[column] = traps[column].to_numpy()
-    table["num_traps"] = table["num_traps"].astype("Int64")
+    for column in ("num_traps", "num_traps_centered"):
+        table[column] = table[column].astype("Int64")
     return table[MONITOR_COLUMNS]
 
 
