@@ -55,6 +55,7 @@ localrules:
     figure_esd,
     figure_traps,
     figure_detector,
+    figure_statistics,
     timescale,
     paper_comparison,
 

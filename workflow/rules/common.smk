@@ -122,3 +122,12 @@ def timescale_files(filename):
         for name, weight_decay, seed in runs()
         if name in config["timescale"]["experiments"]
     ]
+
+
+def experiment_run_files(experiment, filename):
+    """``filename`` of every run (weight decays and seeds) of ``experiment``."""
+    return [
+        f"{RESULTS}/runs/{name}/wd{weight_decay}/seed{seed}/{filename}"
+        for name, weight_decay, seed in runs()
+        if name == experiment
+    ]

@@ -205,3 +205,51 @@ GLOBAL_TARGETS.extend(
     + [f"{RESULTS}/tables/{table}.html" for table in REPORT_TABLES]
     + [f"{RESULTS}/tables/phase_edges.{ext}" for ext in ("csv", "md", "html")]
 )
+
+
+# One figure per statistic that the warning rules read: weight decays side by side across seeds.
+RULE_STATISTICS = sorted(
+    {
+        entry["statistic"]
+        for entry in config["warning_rules"]["rules"]
+        if entry.get("statistic")
+    }
+)
+
+
+rule figure_statistics:
+    input:
+        htsr=lambda w: experiment_run_files(w.experiment, "htsr.csv"),
+        traps=lambda w: experiment_run_files(w.experiment, "traps.csv"),
+        progress=lambda w: experiment_run_files(w.experiment, "progress.csv"),
+        phases=lambda w: experiment_run_files(w.experiment, "phases.csv"),
+    output:
+        [
+            report(
+                f"{FIGURES}/statistic_{statistic}_{{experiment}}.png",
+                caption="../report/statistics.rst",
+                category="Warning rules",
+                subcategory="{experiment}",
+                labels={"statistic": statistic, "experiment": "{experiment}"},
+            )
+            for statistic in RULE_STATISTICS
+        ],
+    log:
+        "logs/figure_statistics/{experiment}.log",
+    conda:
+        ENV_ANALYSIS
+    params:
+        statistics=RULE_STATISTICS,
+        description=lambda w: experiment_description(w.experiment),
+    script:
+        "../scripts/figure_statistics.py"
+
+
+if RULE_STATISTICS:
+    GLOBAL_TARGETS.extend(
+        expand(
+            f"{FIGURES}/statistic_{{statistic}}_{{experiment}}.png",
+            statistic=RULE_STATISTICS,
+            experiment=list(config["experiments"]),
+        )
+    )

@@ -1,0 +1,72 @@
+"""The warning-rule tables and statistic figures of a study, from its committed per-run CSVs.
+
+    python scripts/evaluate_warning_rules.py docs/reference/detector_study \
+        --configfile configs/detector_study.yaml
+
+Reads every runs/{experiment}/wd{weight_decay}/seed{seed}/ under the folder (htsr.csv, traps.csv,
+progress.csv, phases.csv), scores the config's warning_rules.rules with the workflow's own code
+(antigrok.warning_rules, as rule warning_rules does) and writes tables/warning_rules.csv,
+tables/warning_rules_summary.{csv,md} and figures/statistic_{statistic}_{experiment}.png (as rule
+figure_statistics does). Runs whose four files are not all there yet are skipped, and said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from antigrok.statistic_figures import write_statistic_figures
+from antigrok.warning_rules import write_rule_tables
+
+INPUTS = ("htsr.csv", "traps.csv", "progress.csv", "phases.csv")
+
+
+def describe(name: str, experiment: dict) -> str:
+    return (f"{name}: mlp {'-'.join(map(str, experiment['model']['widths']))}, {experiment['optimizer']['name']} "
+            f"lr {experiment['optimizer']['lr']:g}, {experiment['steps']} steps, batch {experiment['batch_size']}, "
+            f"{experiment.get('dtype', 'float64')}")
+
+
+def complete_runs(folder: Path) -> tuple[list[Path], list[Path]]:
+    runs = sorted(path for path in folder.glob("runs/*/wd*/seed*") if path.is_dir())
+    complete = [run for run in runs if all((run / name).exists() for name in INPUTS)]
+    return complete, [run for run in runs if run not in complete]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="docs/reference/<study>")
+    parser.add_argument("--configfile", required=True, type=Path, help="the config whose warning_rules are scored")
+    args = parser.parse_args(argv)
+    config = yaml.safe_load(args.configfile.read_text())
+    rules = config.get("warning_rules", {}).get("rules", [])
+    if not rules:
+        sys.exit(f"evaluate_warning_rules: {args.configfile} lists no warning_rules.rules")
+    runs, incomplete = complete_runs(args.folder)
+    if not runs:
+        sys.exit(f"evaluate_warning_rules: no complete run under {args.folder}/runs")
+    for run in incomplete:
+        print(f"skipping {run}: not all of {INPUTS} are there")
+    descriptions = {name: describe(name, experiment) for name, experiment in config["experiments"].items()}
+    tables = args.folder / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    write_rule_tables(*[[run / name for run in runs] for name in INPUTS],
+                      {"runs_csv": tables / "warning_rules.csv", "summary_csv": tables / "warning_rules_summary.csv",
+                       "summary_md": tables / "warning_rules_summary.md"}, rules, descriptions)
+    statistics = sorted({rule["statistic"] for rule in rules if rule.get("statistic")})
+    figures = args.folder / "figures"
+    figures.mkdir(exist_ok=True)
+    for experiment in sorted({run.parent.parent.name for run in runs}):
+        of_experiment = [run for run in runs if run.parent.parent.name == experiment]
+        write_statistic_figures(*[[run / name for run in of_experiment] for name in INPUTS], experiment, statistics,
+                                [figures / f"statistic_{statistic}_{experiment}.png" for statistic in statistics],
+                                descriptions.get(experiment, experiment))
+    print(f"scored {len(rules)} rules on {len(runs)} runs; wrote {tables} and {figures}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+from antigrok.runlog import to_log_file
+from antigrok.statistic_figures import write_statistic_figures
+
+with to_log_file(snakemake.log[0]):
+    write_statistic_figures(
+        snakemake.input.htsr,
+        snakemake.input.traps,
+        snakemake.input.progress,
+        snakemake.input.phases,
+        snakemake.wildcards.experiment,
+        snakemake.params.statistics,
+        snakemake.output,
+        snakemake.params.description,
+    )
