@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from antigrok.statistic_figures import write_statistic_figures
@@ -36,6 +37,24 @@ def complete_runs(folder: Path) -> tuple[list[Path], list[Path]]:
     return complete, [run for run in runs if run not in complete]
 
 
+def available_rules(rules: list[dict], run: Path) -> list[dict]:
+    """The rules whose statistic the run's files have (and the all_of rules built on them); what is
+    left out is said. Runs exported before a statistic existed (e.g. num_traps_centered) lack it."""
+    columns = set()
+    for name in INPUTS[:3]:
+        columns |= set(pd.read_csv(run / name, nrows=0).columns)
+    columns |= {"rand_edge_ratio"} if {"max_rand_eval", "rand_lambda_plus"} <= columns else set()
+    kept, names = [], set()
+    for rule in rules:
+        usable = all(name in names for name in rule["all_of"]) if rule.get("all_of") else rule["statistic"] in columns
+        if usable:
+            kept.append(rule)
+            names.add(rule["name"])
+        else:
+            print(f"leaving out rule {rule['name']}: {run} has no {rule.get('statistic') or rule.get('all_of')}")
+    return kept
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="docs/reference/<study>")
@@ -50,6 +69,7 @@ def main(argv=None) -> int:
         sys.exit(f"evaluate_warning_rules: no complete run under {args.folder}/runs")
     for run in incomplete:
         print(f"skipping {run}: not all of {INPUTS} are there")
+    rules = available_rules(rules, runs[0])
     descriptions = {name: describe(name, experiment) for name, experiment in config["experiments"].items()}
     tables = args.folder / "tables"
     tables.mkdir(parents=True, exist_ok=True)

@@ -155,10 +155,17 @@ def table1_alpha(htsr, phases, average_layers, experiments) -> pd.DataFrame:
     return aggregate_over_seeds(right_edge_values(with_average, phases, ["alpha"]), ["alpha"], cells)
 
 
+def trap_metrics(traps: pd.DataFrame) -> list[str]:
+    """WeightWatcher's trap count, and beside it the count with the mean-shift outlier removed
+    (traps.csv files written before that column existed have only the first)."""
+    return ["num_traps"] + (["num_traps_centered"] if "num_traps_centered" in traps.columns else [])
+
+
 def table2_traps(traps, phases, experiments) -> pd.DataFrame:
     """Table 2: Correlation Traps per layer per phase, every weight decay (tidy)."""
+    metrics = trap_metrics(traps)
     cells = table_cells(phases, _layers(traps), _experiment_order(experiments, traps))
-    return aggregate_over_seeds(right_edge_values(traps, phases, ["num_traps"]), ["num_traps"], cells)
+    return aggregate_over_seeds(right_edge_values(traps, phases, metrics), metrics, cells)
 
 
 TABLE4_METRICS = ["rand_sigma_mp", "mp_ks_stat", "mp_ks_pvalue", "num_traps"]
@@ -167,9 +174,10 @@ TABLE4_METRICS = ["rand_sigma_mp", "mp_ks_stat", "mp_ks_pvalue", "num_traps"]
 def table4_mp_fit(htsr, traps, phases, experiments) -> pd.DataFrame:
     """Table 4: MP fit of W_rand (sigma, KS statistic, p-value) and traps, per layer per phase (tidy)."""
     keys = RUN_KEYS + ["step", "layer"]
-    merged = htsr[keys + TABLE4_METRICS[:3]].merge(traps[keys + ["num_traps"]], on=keys, how="outer")
+    metrics = TABLE4_METRICS[:3] + trap_metrics(traps)
+    merged = htsr[keys + TABLE4_METRICS[:3]].merge(traps[keys + trap_metrics(traps)], on=keys, how="outer")
     cells = table_cells(phases, _layers(merged), _experiment_order(experiments, merged))
-    return aggregate_over_seeds(right_edge_values(merged, phases, TABLE4_METRICS), TABLE4_METRICS, cells)
+    return aggregate_over_seeds(right_edge_values(merged, phases, metrics), metrics, cells)
 
 
 # ----------------------------------------------------------------------------- markdown
