@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from antigrok import htsr, traps
+from antigrok import htsr, spectral, traps
 from conftest import dry_run_jobs, snakemake
 
 
@@ -122,7 +122,9 @@ def test_smoke_traps_reproduce_weightwatcher_on_real_checkpoints(smoke_workdir):
         assert not (stats.select_dtypes("number") == -1).any().any()
         assert (stats.loc[stats["fit_status"] != "ok", "alpha"].isna()).all()
         with np.load(run / "spectra.npz") as spectra:
-            assert len(spectra.files) == 2 * len(stats)
+            # per layer and checkpoint: the spectrum, the shuffled one, and the shuffled one with its mean removed
+            assert len(spectra.files) == 3 * len(stats)
+            assert sum(key.startswith(spectral.CENTERED_RAND_EVALS + "/") for key in spectra.files) == len(stats)
     log = (smoke_workdir / "logs" / "spectra" / "mnist_mlp" / "wd0.0" / "seed0.log").read_text()
     assert re.search(r"analyzed step000002000\.pt \(step 2000\): 3 layers in [\d.]+ s", log)
     # WeightWatcher's import-time chatter stays out of the job log.
