@@ -115,3 +115,21 @@ def test_llm_workflow_lint_and_format(one_block_model, tmp_path):
     formatted = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "workflow/llm.smk"], cwd=REPO,
                                capture_output=True, text=True, timeout=120)
     assert formatted.returncode == 0, formatted.stderr[-3000:]
+
+
+def test_llm_keys_documented_with_the_schema_defaults():
+    """docs/own-models.md's llm key table lists exactly llm.schema.yaml's keys, with its defaults."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "llm.schema.yaml").read_text())
+    keys = schema["properties"]["llm"]["properties"]
+    rows = {}
+    for line in (REPO / "docs" / "own-models.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`llm."):
+            rows[cells[0].strip("`").removeprefix("llm.")] = cells[1]
+    assert set(rows) == set(keys)
+    for key, spec in keys.items():
+        if "default" in spec:
+            documented = yaml.safe_load(rows[key].strip("`"))
+            assert documented == spec["default"], f"llm.{key}: documented {rows[key]}, schema {spec['default']!r}"
+        else:
+            assert key in schema["properties"]["llm"]["required"] and rows[key].startswith("none")
