@@ -92,8 +92,7 @@ def write_gpt_oss_folder(folder: str | Path, num_layers: int = 2, num_experts: i
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     config = {"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "num_hidden_layers": num_layers,
               "num_local_experts": num_experts, "hidden_size": hidden, "intermediate_size": intermediate,
-              "quantization_config": {"quant_method": "mxfp4",
-                                      "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
-                                                                 "model.embed_tokens", "lm_head"]}}
+              "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
+                  "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}}
     (folder / "config.json").write_text(json.dumps(config, indent=1))
     return folder

@@ -22,7 +22,9 @@ memory bounded by its largest tensor; torch files are memory-mapped where their 
     file.safetensors                    one model
     folder/ with model.safetensors.index.json (+ shards), model.safetensors,
             pytorch_model.bin.index.json (+ shards) or pytorch_model.bin: one Hugging Face model
-            (safetensors preferred when a folder has both)
+            (safetensors preferred when a folder has both); gpt-oss's MXFP4 experts
+            (``*.experts.*_blocks`` / ``_scales``) become one tensor per expert and
+            projection (antigrok.mxfp4), each read from its own slice
     folder/ of *.pt files               one model per file: the workflow's checkpoints
     file.npz                            one model, one tensor per array
     file.pt                             a workflow checkpoint ({"step", "model", "seed", ...}), a
@@ -354,30 +356,36 @@ def hugging_face_source(folder: Path, index_name: str | None, single_name: str |
                                  f"(first: {absent[0]!r} in {shards[absent[0]].name})")
         kind = f"Hugging Face folder ({len(files)} {files[0].suffix.lstrip('.')} shards)"
         ordered = [refs[name] for name in sorted(refs, key=order.__getitem__)]
-        return ModelSource(folder, kind, _with_mxfp4_experts(ordered, shards.get))
+        return ModelSource(folder, kind, _with_mxfp4_experts(ordered, shards.get, folder))
     file = folder / single_name
     if file.suffix == ".safetensors":
         refs = sorted(safetensors_refs(file), key=lambda ref: natural_key(ref.name))
     else:
         refs = torch_source(file, kind="torch state_dict").tensors
-    return ModelSource(folder, f"Hugging Face folder ({single_name})", _with_mxfp4_experts(refs, lambda _: file))
+    refs = _with_mxfp4_experts(refs, lambda _: file, folder)
+    return ModelSource(folder, f"Hugging Face folder ({single_name})", refs)
 
 
-def _with_mxfp4_experts(refs: list[TensorRef], file_of: Callable[[str], Path | None]) -> list[TensorRef]:
+def _with_mxfp4_experts(refs: list[TensorRef], file_of: Callable[[str], Path | None],
+                        model: Path) -> list[TensorRef]:
     """A listing with gpt-oss's MXFP4 packed experts replaced by one matrix per expert and projection
     (antigrok.mxfp4), in natural name order; other listings unchanged."""
     from antigrok import mxfp4
 
     if not mxfp4.has_mxfp4(refs):
         return refs
-    return sorted(mxfp4.expand_mxfp4(refs, file_of), key=lambda ref: natural_key(ref.name))
+    try:
+        expanded = mxfp4.expand_mxfp4(refs, file_of)
+    except mxfp4.MXFP4Error as error:
+        raise ModelFileError(f"{model}: {error}") from None
+    return sorted(expanded, key=lambda ref: natural_key(ref.name))
 
 
 def file_source(path: Path) -> ModelSource:
     """One model file, by its suffix (unknown suffixes are tried as torch files)."""
     if path.suffix == ".safetensors":
         refs = sorted(safetensors_refs(path), key=lambda ref: natural_key(ref.name))
-        return ModelSource(path, "safetensors", _with_mxfp4_experts(refs, lambda _: path))
+        return ModelSource(path, "safetensors", _with_mxfp4_experts(refs, lambda _: path, path))
     if path.suffix == ".npz":
         return npz_source(path)
     return torch_source(path)
