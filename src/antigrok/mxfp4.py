@@ -21,8 +21,8 @@ and up projections are interleaved: gate is rows 0, 2, 4, ..., up rows 1, 3, 5, 
 Each reads only its expert's slice of the packed tensors (safetensors slices), so memory is
 bounded by one expert matrix in float64, not by the block's packed tensor. The dequantization is
 exact in float64 (E2M1 values have two significant bits; the scales are powers of two). The
-per-expert biases are listed, not analysed. A malformed or incomplete packed tensor raises ``MXFP4Error`` (a ``ValueError``; antigrok.loading
-reports it as a ModelFileError naming the model).
+per-expert biases are listed, not analysed. A malformed or incomplete packed tensor raises
+``MXFP4Error`` (a ``ValueError``; antigrok.loading reports it as a ModelFileError naming the model).
 """
 
 from __future__ import annotations
