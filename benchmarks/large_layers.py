@@ -2,8 +2,9 @@
 
 Synthetic layers of 4096 x 11008 (LLaMA-7B's MLP shape), 2880 x 5760 (a gpt-oss expert's packed
 gate_up matrix) and 2880 x 2880 (one gpt-oss expert projection: gate, up or down, in both
-gpt-oss-20b and -120b), or any ``--shapes``, made here from a fixed seed (no download): Student-t entries with 3 degrees of freedom
-(heavy tailed, as trained LLM weights), scaled by 1/sqrt(in), plus a small positive mean, a
+gpt-oss-20b and -120b), or any ``--shapes``, made here from a fixed seed (no download):
+Student-t entries with 3 degrees of freedom (heavy tailed, as trained LLM weights), scaled by
+1/sqrt(in), plus a small positive mean, a
 rank-one structure that survives shuffling and gives Correlation Traps. Each engine analyses each
 layer once through ``antigrok.htsr.analyze_layer`` with the same seed, as ``antigrok analyze``
 does (``fix_fingers='clip_xmax'``, the MP KS test included), the fast engine first.
@@ -150,8 +151,9 @@ def print_projection(per_matrix: dict[str, float], node_cores: int) -> dict:
     columns = ["one core", f"this machine ({cores} cores)"] + [f"{n} node{'s' if n > 1 else ''} x {node_cores} cores"
                                                                for n in NODE_COUNTS]
     print(f"\nprojected time of the expert matrices (CPU s per {EXPERT_SHAPE} matrix x matrices / cores; one job "
-          "per core, no queueing; attention, router and head add ~4% more matrices):")
-    print(f"{'model':>13} {'matrices':>8} | {'engine':>13} {'s / matrix':>10} | " + " ".join(f"{c:>24}" for c in columns))
+          "per core, no queueing; attention and router add 5% (20b) and 1.3% (120b) more matrices):")
+    print(f"{'model':>13} {'matrices':>8} | {'engine':>13} {'s / matrix':>10} | "
+          + " ".join(f"{c:>24}" for c in columns))
     projection = {}
     for model, matrices in GPT_OSS_EXPERT_MATRICES.items():
         for engine, seconds in per_matrix.items():
@@ -172,7 +174,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=0,
                         help="BLAS / LAPACK / torch threads for both engines (default 0: the libraries' default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic layers (default 0)")
-    parser.add_argument("--node-cores", type=int, default=32, help="cores per SLURM node of the projection (default 32)")
+    parser.add_argument("--node-cores", type=int, default=32,
+                        help="cores per SLURM node of the projection (default 32)")
     parser.add_argument("--breakdown", choices=["after", "none", "only"], default="after",
                         help="the fast engine's steps: after each layer (default), not at all, or only them")
     args = parser.parse_args(argv)
