@@ -35,6 +35,28 @@ def test_parts_are_the_blocks_and_the_rest(model):
     assert sorted(names) == sorted(ref.name for ref in source.tensors)
 
 
+def test_experts_split_into_parts_of_k_experts(model):
+    source = llm.open_single_model(model)
+    assert llm.part_of("model.layers.12.mlp.experts.5.up_proj", 4) == "block012_experts004"
+    assert llm.part_of("model.layers.12.self_attn.q_proj.weight", 4) == "block012"
+    parts = llm.model_parts(source, experts_per_part=1)
+    assert parts == [f"block{b:03d}{suffix}" for b in range(LAYERS) for suffix in ("", "_experts000", "_experts001")] \
+        + ["other"]
+    expert_part = llm.part_source(source, "block001_experts001", experts_per_part=1)
+    assert sorted(ref.name for ref in expert_part.tensors) == [
+        f"model.layers.1.mlp.experts.1.{p}" for p in ("down_proj", "gate_proj", "up_proj")]
+
+
+def test_scattered_by_expert_equals_the_one_process_table(model):
+    one_process, _ = analyze_path(model)
+    source = llm.open_single_model(model)
+    tables = [llm.analyze_part(model, part, experts_per_part=1, progress=False)[0]
+              for part in llm.model_parts(source, experts_per_part=1)]
+    gathered = llm.gather_parts(model, tables)
+    columns = [c for c in one_process.columns if c not in TIMING]
+    pd.testing.assert_frame_equal(gathered[columns], one_process[columns], check_dtype=False)
+
+
 def test_scattered_table_equals_the_one_process_table(model, tmp_path):
     one_process, skipped = analyze_path(model)
     parts = [llm.analyze_part(model, part, progress=False) for part in llm.model_parts(llm.open_single_model(model))]
@@ -85,10 +107,14 @@ def _snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedP
 def test_workflow_scatters_gathers_and_reruns_only_a_lost_part(one_block_model, tmp_path):
     model = one_block_model
     config = tmp_path / "llm.yaml"
-    config.write_text(yaml.safe_dump({"llm": {"name": "tiny", "model": str(model)}}))
+    by_expert = tmp_path / "by_expert.yaml"
+    by_expert.write_text(yaml.safe_dump({"llm": {"name": "tiny", "model": str(model), "experts_per_job": 1}}))
     workdir = tmp_path / "work"
-    plan = dry_run_jobs(_snakemake(workdir, config, "-n").stdout)
-    assert plan == {"all": 1, "llm_figures": 1, "llm_gather": 1, "llm_part": 2}
+    plan = dry_run_jobs(_snakemake(workdir, by_expert, "-n").stdout)
+    # block000 (attention, router), block000_experts000, block000_experts001, other
+    assert plan == {"all": 1, "llm_figures": 1, "llm_gather": 1, "llm_part": 2 + EXPERTS}
+    config.write_text(yaml.safe_dump({"llm": {"name": "tiny", "model": str(model)}}))
+    assert dry_run_jobs(_snakemake(workdir, config, "-n").stdout)["llm_part"] == 2  # block000, other
     _snakemake(workdir, config, "--cores", "2")
     out = workdir / "results" / "llm" / "tiny"
     gathered = pd.read_csv(out / "htsr.csv")

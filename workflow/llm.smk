@@ -19,11 +19,11 @@ OUT = f"results/llm/{LLM['name']}"
 LOGS = f"logs/llm/{LLM['name']}"
 ENV_ANALYSIS = "../envs/analysis.yaml"
 # the model's parts, from its headers alone (no tensor is read here)
-PARTS = model_parts(open_single_model(LLM["model"]))
+PARTS = model_parts(open_single_model(LLM["model"]), LLM["experts_per_job"])
 
 
 wildcard_constraints:
-    part=r"block\d+|other",
+    part=r"block\d+(_experts\d+)?|other",
 
 
 localrules:
@@ -57,6 +57,7 @@ rule llm_part:
         mem_mb=LLM["mem_mb"],
         runtime=LLM["runtime"],
     params:
+        experts_per_part=LLM["experts_per_job"],
         seed=LLM["seed"],
         layers=LLM["layers"],
         fix_fingers=LLM["fix_fingers"],

@@ -2,7 +2,9 @@
 
 A model of thousands of weight matrices (gpt-oss-120b: 36 blocks x 128 experts x 3 projections) is
 split into *parts*: ``block000``, ``block001``, ... (every tensor named ``model.layers.{i}.*``) and
-``other`` (embedding, final norm, head). Each part is one job (``analyze_part``) that writes its
+``other`` (embedding, final norm, head). With ``experts_per_part`` K > 0 a block's experts are split
+further, K experts per part (``block003_experts032``: experts 32 .. 32 + K - 1 of block 3), so that a
+cluster can run more jobs than the model has blocks. Each part is one job (``analyze_part``) that writes its
 own CSV, so a killed or preempted job reruns only its part; ``gather_parts`` puts the parts back in
 the model's tensor order. Every matrix is analysed exactly as ``antigrok analyze`` analyses it (same
 seed: ``layer_seed(run seed, 0, layer)``), so the gathered table has the one-process table's rows,
@@ -40,33 +42,43 @@ def open_single_model(path: str | Path) -> ModelSource:
     return openers[0][1]()
 
 
-def part_of(tensor_name: str) -> str:
-    """``model.layers.7.mlp.experts.3.up_proj`` -> ``block007``; tensors outside the blocks -> ``other``."""
+def part_of(tensor_name: str, experts_per_part: int = 0) -> str:
+    """``model.layers.7.mlp.experts.3.up_proj`` -> ``block007`` (``experts_per_part`` 0) or
+    ``block007_experts002`` (2: experts 2 and 3); tensors outside the blocks -> ``other``."""
     match = BLOCK.search(tensor_name)
-    return f"block{int(match.group(1)):03d}" if match else OTHER_PART
+    if not match:
+        return OTHER_PART
+    part = f"block{int(match.group(1)):03d}"
+    expert = EXPERT.search(tensor_name + ".")
+    if expert and experts_per_part > 0:
+        first = int(expert.group(1)) // experts_per_part * experts_per_part
+        part += f"_experts{first:03d}"
+    return part
 
 
-def model_parts(source: ModelSource) -> list[str]:
+def model_parts(source: ModelSource, experts_per_part: int = 0) -> list[str]:
     """The parts of a model, blocks in order, then ``other`` if it has tensors outside the blocks."""
-    parts = sorted({part_of(ref.name) for ref in source.tensors} - {OTHER_PART})
-    return parts + ([OTHER_PART] if any(part_of(ref.name) == OTHER_PART for ref in source.tensors) else [])
+    names = {part_of(ref.name, experts_per_part) for ref in source.tensors}
+    return sorted(names - {OTHER_PART}) + ([OTHER_PART] if OTHER_PART in names else [])
 
 
-def part_source(source: ModelSource, part: str) -> ModelSource:
+def part_source(source: ModelSource, part: str, experts_per_part: int = 0) -> ModelSource:
     """The model restricted to the tensors of one part (same path, step and seed)."""
-    tensors = [ref for ref in source.tensors if part_of(ref.name) == part]
+    tensors = [ref for ref in source.tensors if part_of(ref.name, experts_per_part) == part]
     if not tensors:
-        raise ValueError(f"{source.path}: has no part {part!r}; its parts are {', '.join(model_parts(source))}")
+        parts = ", ".join(model_parts(source, experts_per_part))
+        raise ValueError(f"{source.path}: has no part {part!r} (experts_per_part {experts_per_part}); its parts "
+                         f"are {parts}")
     return ModelSource(source.path, source.kind, tensors, step=source.step, seed=source.seed)
 
 
-def analyze_part(model: str | Path, part: str, *, seed: int = 0, layers: str | None = None,
-                 fix_fingers="clip_xmax", engine: str = "fast", progress: bool = True) -> tuple[pd.DataFrame,
-                                                                                            pd.DataFrame]:
+def analyze_part(model: str | Path, part: str, *, experts_per_part: int = 0, seed: int = 0,
+                 layers: str | None = None, fix_fingers="clip_xmax", engine: str = "fast",
+                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows, skipped tensors) of one part, one tensor in memory at a time, with a tqdm bar."""
     from tqdm import tqdm
 
-    source = part_source(open_single_model(model), part)
+    source = part_source(open_single_model(model), part, experts_per_part)
     with tqdm(total=len(source.tensors), desc=part, unit="tensor", disable=not progress, mininterval=5) as bar:
         result = analyze_model(source, seed=seed, layers=layers, fix_fingers=fix_fingers, engine=engine,
                                on_tensor=lambda ref, _: bar.update(1))
@@ -219,8 +231,9 @@ def figure_traps_per_layer(table: pd.DataFrame, path: str | Path, title: str = "
 # ----------------------------------------------------------------------------- the workflow's steps
 
 
-def write_part(model: str | Path, part: str, htsr_csv: str | Path, skipped_csv: str | Path, *, seed: int = 0,
-               layers: str | None = None, fix_fingers="clip_xmax", engine: str = "fast", threads: int = 1) -> None:
+def write_part(model: str | Path, part: str, htsr_csv: str | Path, skipped_csv: str | Path, *,
+               experts_per_part: int = 0, seed: int = 0, layers: str | None = None, fix_fingers="clip_xmax",
+               engine: str = "fast", threads: int = 1) -> None:
     """One job of the scatter: a part's rows and skipped tensors, each CSV written atomically (a
     killed job leaves no partial table, and Snakemake reruns it)."""
     import torch
@@ -230,7 +243,8 @@ def write_part(model: str | Path, part: str, htsr_csv: str | Path, skipped_csv: 
 
     threadpool_limits(threads)
     torch.set_num_threads(threads)
-    table, skipped = analyze_part(model, part, seed=seed, layers=layers, fix_fingers=fix_fingers, engine=engine)
+    table, skipped = analyze_part(model, part, experts_per_part=experts_per_part, seed=seed, layers=layers,
+                                  fix_fingers=fix_fingers, engine=engine)
     write_csv_atomically(skipped, skipped_csv)
     write_csv_atomically(table, htsr_csv)
 
