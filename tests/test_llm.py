@@ -159,3 +159,12 @@ def test_llm_keys_documented_with_the_schema_defaults():
             assert documented == spec["default"], f"llm.{key}: documented {rows[key]}, schema {spec['default']!r}"
         else:
             assert key in schema["properties"]["llm"]["required"] and rows[key].startswith("none")
+
+
+def test_slurm_profile_gives_the_part_jobs_the_configured_resources(one_block_model, tmp_path):
+    config = tmp_path / "llm.yaml"
+    config.write_text(yaml.safe_dump({"llm": {"name": "tiny", "model": str(one_block_model), "mem_mb": 3000,
+                                              "runtime": 90}}))
+    out = _snakemake(tmp_path / "work", config, "-n", "--profile", str(REPO / "profiles" / "slurm")).stdout
+    part = out.split("rule llm_part:", 1)[1].split("\n\n", 1)[0]
+    assert "mem_mb=3000" in part and "runtime=90" in part and "cpus_per_task=1" in part
