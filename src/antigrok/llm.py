@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from antigrok.analyze import ALPHA_CRITICAL, SKIPPED_COLUMNS, analyze_model
+from antigrok.analyze import ALPHA_CRITICAL, SKIPPED_COLUMNS, analyze_model, layer_name
 from antigrok.loading import ModelSource, model_openers
 
 OTHER_PART = "other"
@@ -104,7 +104,8 @@ def layer_type(layer: str) -> str:
 
 
 def annotate(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with block, expert (-1 where none), projection and layer_type from the layer name."""
+    """``table`` with block and expert (empty where the name has none), projection (the name's last
+    part) and layer_type, from the layer name."""
     names = table["layer"].astype(str)
     annotated = table.copy()
     block = names.str.extract(BLOCK)[0]
@@ -118,24 +119,19 @@ def annotate(table: pd.DataFrame) -> pd.DataFrame:
 
 def gather_parts(model: str | Path, tables: list[pd.DataFrame]) -> pd.DataFrame:
     """The parts' rows as one table in the model's tensor order (``antigrok analyze``'s order),
-    annotated. ValueError when a part is missing or a layer appears twice."""
+    annotated. ValueError when a layer is in two parts or is not a tensor of the model (parts of
+    another model or run); that every part is there is the workflow's to ensure."""
     source = open_single_model(model)
     table = pd.concat([t for t in tables if len(t)], ignore_index=True)
     duplicated = table["layer"][table["layer"].duplicated()]
     if len(duplicated):
         raise ValueError(f"layer {duplicated.iloc[0]!r} is in two parts: the parts are of different models or runs")
-    order = {_layer(ref.name): position for position, ref in enumerate(source.tensors)}
+    order = {layer_name(ref.name): position for position, ref in enumerate(source.tensors)}
     unknown = [layer for layer in table["layer"] if layer not in order]
     if unknown:
         raise ValueError(f"layer {unknown[0]!r} of the parts is not a tensor of {model}")
     table = table.iloc[np.argsort([order[layer] for layer in table["layer"]], kind="stable")]
     return annotate(table.reset_index(drop=True))
-
-
-def _layer(tensor_name: str) -> str:
-    from antigrok.analyze import layer_name
-
-    return layer_name(tensor_name)
 
 
 def gather_skipped(tables: list[pd.DataFrame]) -> pd.DataFrame:
