@@ -97,11 +97,36 @@ def test_expert_matrices_equal_transformers_gate_up_and_down(gpt_oss_folder):
 
 
 def test_expert_read_takes_only_its_slice(gpt_oss_folder, monkeypatch):
-    """Reading one expert asks safetensors for that expert's slice, never the whole packed tensor."""
+    """Reading one expert asks safetensors for that expert's slice, never for a whole packed tensor."""
+    import safetensors
+
+    real_safe_open = safetensors.safe_open
+    sliced = []
+
+    class SliceOnly:
+        def __init__(self, *args, **kwargs):
+            self.handle = real_safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner = self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def get_tensor(self, name):
+            pytest.fail(f"the whole tensor {name} was read")
+
+        def get_slice(self, name):
+            sliced.append(name)
+            return self.inner.get_slice(name)
+
     (source,) = loading.open_model(gpt_oss_folder)
     ref = next(r for r in source.tensors if r.name == "model.layers.0.mlp.experts.2.up_proj")
-    monkeypatch.setattr(loading, "read_safetensor", lambda *a: pytest.fail("a whole tensor was read"))
+    monkeypatch.setattr(safetensors, "safe_open", SliceOnly)
     weight = ref.read_float64()
+    prefix = "model.layers.0.mlp.experts.gate_up_proj"
+    assert sliced == [f"{prefix}_blocks", f"{prefix}_scales"]
     assert weight.shape == (INTERMEDIATE, HIDDEN) and np.isfinite(weight).all() and weight.any()
 
 
