@@ -168,3 +168,14 @@ def test_slurm_profile_gives_the_part_jobs_the_configured_resources(one_block_mo
     out = _snakemake(tmp_path / "work", config, "-n", "--profile", str(REPO / "profiles" / "slurm")).stdout
     part = out.split("rule llm_part:", 1)[1].split("\n\n", 1)[0]
     assert "mem_mb=3000" in part and "runtime=90" in part and "cpus_per_task=1" in part
+
+
+def test_the_shipped_llm_config_is_valid():
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / "configs" / "llm.yaml").read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "llm.schema.yaml"))
+    assert config["llm"]["experts_per_job"] == 0 and config["llm"]["mem_mb"] == 4000  # defaults filled
+    with pytest.raises(Exception, match="models"):
+        validate({"llm": {"name": "x", "model": "m", "models": 1}}, str(REPO / "workflow" / "schemas" /
+                                                                         "llm.schema.yaml"))
