@@ -1,8 +1,10 @@
 """LLM-size layers: WeightWatcher 0.7.5.5 against the fast engine, side by side, in one run.
 
-Synthetic layers of 1024 x 1024, 4096 x 4096 and 4096 x 11008 (LLaMA-7B's attention and MLP
-shapes), made here from a fixed seed (no download): Student-t entries with 3 degrees of freedom
-(heavy tailed, as trained LLM weights), scaled by 1/sqrt(in), plus a small positive mean, a
+Synthetic layers of 4096 x 11008 (LLaMA-7B's MLP shape), 2880 x 5760 (a gpt-oss expert's packed
+gate_up matrix) and 2880 x 2880 (one gpt-oss expert projection: gate, up or down, in both
+gpt-oss-20b and -120b), or any ``--shapes``, made here from a fixed seed (no download):
+Student-t entries with 3 degrees of freedom (heavy tailed, as trained LLM weights), scaled by
+1/sqrt(in), plus a small positive mean, a
 rank-one structure that survives shuffling and gives Correlation Traps. Each engine analyses each
 layer once through ``antigrok.htsr.analyze_layer`` with the same seed, as ``antigrok analyze``
 does (``fix_fingers='clip_xmax'``, the MP KS test included), the fast engine first.
@@ -12,12 +14,15 @@ the fair comparison: the wall clock also counts the time other processes held th
 several threads CPU time adds up all of them), the peak memory (growth of the process's peak
 resident set during the call: /proc/self/status VmHWM after resetting it through
 /proc/self/clear_refs), the largest relative difference in alpha, xmin and rand_sigma_mp, and both
-trap counts. Then where the fast engine's time goes on each layer.
+trap counts. Then where the fast engine's time goes on each layer. When 2880 x 2880 was measured,
+the projected time of the expert matrices of gpt-oss-20b (24 blocks x 32 experts x 3) and -120b
+(36 x 128 x 3) follows, from its measured CPU time per matrix: on one core, on this machine's
+cores, and on N SLURM nodes of ``--node-cores`` cores (one job per core, workflow/llm.smk).
 
 BLAS / LAPACK threads: ``--threads`` for both engines (default 0: the libraries' default, every
 core). The fast engine uses them for layers of 1024 x 1024 and larger (fastspectra.BIG_LAYER_WORK).
 
-    python benchmarks/large_layers.py                                 # the three shapes
+    python benchmarks/large_layers.py --threads 1                     # the three shapes, projection
     python benchmarks/large_layers.py --shapes 1024x1024,4096x4096 --threads 1
     python benchmarks/large_layers.py --shapes 4096x11008 --engines fast   # the fast engine alone
     python benchmarks/large_layers.py --shapes 4096x11008 --breakdown only # its steps alone
@@ -37,7 +42,11 @@ import numpy as np
 from antigrok import fastspectra as fs
 from antigrok import htsr
 
-DEFAULT_SHAPES = "1024x1024,4096x4096,4096x11008"
+DEFAULT_SHAPES = "4096x11008,2880x5760,2880x2880"
+EXPERT_SHAPE = "2880x2880"  # gpt-oss-20b and -120b: hidden 2880, intermediate 2880
+# expert matrices (blocks x experts x gate, up, down): config.json of openai/gpt-oss-20b and -120b
+GPT_OSS_EXPERT_MATRICES = {"gpt-oss-20b": 24 * 32 * 3, "gpt-oss-120b": 36 * 128 * 3}
+NODE_COUNTS = (1, 10, 100)
 COMPARED = ("alpha", "xmin", "rand_sigma_mp")
 
 
@@ -127,6 +136,35 @@ def print_breakdown(table: dict[str, dict[str, tuple[float, float]]]) -> None:
     print(f"{'sum of the steps (CPU)':>36} | " + " ".join(f"{total:>15.2f}" for total in totals), flush=True)
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def print_projection(per_matrix: dict[str, float], node_cores: int) -> dict:
+    """Projected analysis time of the gpt-oss experts from the CPU seconds per expert matrix of each
+    engine; returns {model: {engine: {"one core": s, "this machine": s, "N nodes": s}}}."""
+    cores = os.cpu_count() or 1
+    columns = ["one core", f"this machine ({cores} cores)"] + [f"{n} node{'s' if n > 1 else ''} x {node_cores} cores"
+                                                               for n in NODE_COUNTS]
+    print(f"\nprojected time of the expert matrices (CPU s per {EXPERT_SHAPE} matrix x matrices / cores; one job "
+          "per core, no queueing; attention and router add 5% (20b) and 1.3% (120b) more matrices):")
+    print(f"{'model':>13} {'matrices':>8} | {'engine':>13} {'s / matrix':>10} | "
+          + " ".join(f"{c:>24}" for c in columns))
+    projection = {}
+    for model, matrices in GPT_OSS_EXPERT_MATRICES.items():
+        for engine, seconds in per_matrix.items():
+            total = matrices * seconds
+            times = [total, total / cores] + [total / (n * node_cores) for n in NODE_COUNTS]
+            projection.setdefault(model, {})[engine] = dict(zip(columns, times))
+            print(f"{model:>13} {matrices:>8} | {engine:>13} {seconds:>10.2f} | "
+                  + " ".join(f"{_duration(t):>24}" for t in times))
+    return projection
+
+
 def main(argv=None) -> dict:
     """Prints the tables as each layer is done; returns {shape: {"engines": {engine: (layer, timing)},
     "differences": {...}, "steps": {...}}}."""
@@ -136,6 +174,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=0,
                         help="BLAS / LAPACK / torch threads for both engines (default 0: the libraries' default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic layers (default 0)")
+    parser.add_argument("--node-cores", type=int, default=32,
+                        help="cores per SLURM node of the projection (default 32)")
     parser.add_argument("--breakdown", choices=["after", "none", "only"], default="after",
                         help="the fast engine's steps: after each layer (default), not at all, or only them")
     args = parser.parse_args(argv)
@@ -201,6 +241,9 @@ def main(argv=None) -> dict:
     if len(steps) > 1:
         print("\nthe fast engine's steps, CPU s / wall s:")
         print_breakdown(steps)
+    if EXPERT_SHAPE in report and report[EXPERT_SHAPE]["engines"]:
+        per_matrix = {engine: timing["cpu"] for engine, (_, timing) in report[EXPERT_SHAPE]["engines"].items()}
+        report["projection"] = print_projection(per_matrix, args.node_cores)
     return report
 
 

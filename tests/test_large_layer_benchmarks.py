@@ -36,6 +36,18 @@ def test_large_layers_compares_the_engines_at_a_tiny_size(capsys):
     assert "side by side" in out and "64x96 | weightwatcher" in out
 
 
+def test_large_layers_projects_gpt_oss_from_the_expert_shape(monkeypatch, capsys):
+    benchmark = load_script("large_layers")
+    monkeypatch.setattr(benchmark, "EXPERT_SHAPE", "40x40")
+    report = benchmark.main(["--shapes", "40x40", "--engines", "fast", "--breakdown", "none", "--node-cores", "10"])
+    seconds = report["40x40"]["engines"]["fast"][1]["cpu"]
+    projection = report["projection"]["gpt-oss-120b"]["fast"]
+    assert projection["one core"] == pytest.approx(36 * 128 * 3 * seconds)
+    assert projection["10 nodes x 10 cores"] == pytest.approx(36 * 128 * 3 * seconds / 100)
+    assert report["projection"]["gpt-oss-20b"]["fast"]["one core"] == pytest.approx(24 * 32 * 3 * seconds)
+    assert "projected time of the expert matrices" in capsys.readouterr().out
+
+
 def test_large_layers_breakdown_only_runs_no_engine(capsys):
     benchmark = load_script("large_layers")
     report = benchmark.main(["--shapes", "32x48", "--breakdown", "only"])

@@ -38,6 +38,8 @@ def skip_reason(ref: TensorRef, layers: re.Pattern | None = None) -> str:
     """Why a tensor is not analysed, from its name, shape and dtype alone ("" if it is)."""
     if layers is not None and not layers.search(ref.name):
         return NOT_SELECTED
+    if ref.skip_reason:
+        return ref.skip_reason
     if not ref.is_floating:
         return f"not floating point ({ref.dtype})"
     if len(ref.shape) < 2:

@@ -22,7 +22,9 @@ memory bounded by its largest tensor; torch files are memory-mapped where their 
     file.safetensors                    one model
     folder/ with model.safetensors.index.json (+ shards), model.safetensors,
             pytorch_model.bin.index.json (+ shards) or pytorch_model.bin: one Hugging Face model
-            (safetensors preferred when a folder has both)
+            (safetensors preferred when a folder has both); gpt-oss's MXFP4 experts
+            (``*.experts.*_blocks`` / ``_scales``) become one tensor per expert and
+            projection (antigrok.mxfp4), each read from its own slice
     folder/ of *.pt files               one model per file: the workflow's checkpoints
     file.npz                            one model, one tensor per array
     file.pt                             a workflow checkpoint ({"step", "model", "seed", ...}), a
@@ -52,7 +54,7 @@ SAFETENSORS_DTYPES = {
     "U16": "uint16", "I32": "int32", "U32": "uint32", "I64": "int64", "U64": "uint64", "BOOL": "bool",
 }
 FLOATING_DTYPES = {"bfloat16", "float16", "float32", "float64", "float8_e4m3fn", "float8_e5m2", "half", "float",
-                   "double"}
+                   "double", "mxfp4"}  # mxfp4: a gpt-oss expert matrix, dequantized by antigrok.mxfp4
 
 
 class ModelFileError(ValueError):
@@ -222,12 +224,14 @@ def to_float64(value) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TensorRef:
-    """One stored tensor: its name, shape and stored dtype, read only by ``read_float64``."""
+    """One stored tensor: its name, shape and stored dtype, read only by ``read_float64``.
+    ``skip_reason``: why the format says it is not analysed ("" if it does not say)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     read: Callable[[], Any] = field(repr=False, compare=False)
+    skip_reason: str = ""
 
     @property
     def is_floating(self) -> bool:
@@ -351,19 +355,37 @@ def hugging_face_source(folder: Path, index_name: str | None, single_name: str |
             raise ModelFileError(f"{folder}: {len(absent)} tensors of {index_name} are not in their shard "
                                  f"(first: {absent[0]!r} in {shards[absent[0]].name})")
         kind = f"Hugging Face folder ({len(files)} {files[0].suffix.lstrip('.')} shards)"
-        return ModelSource(folder, kind, [refs[name] for name in sorted(refs, key=order.__getitem__)])
+        ordered = [refs[name] for name in sorted(refs, key=order.__getitem__)]
+        return ModelSource(folder, kind, _with_mxfp4_experts(ordered, shards.get, folder))
     file = folder / single_name
     if file.suffix == ".safetensors":
         refs = sorted(safetensors_refs(file), key=lambda ref: natural_key(ref.name))
     else:
         refs = torch_source(file, kind="torch state_dict").tensors
+    refs = _with_mxfp4_experts(refs, lambda _: file, folder)
     return ModelSource(folder, f"Hugging Face folder ({single_name})", refs)
+
+
+def _with_mxfp4_experts(refs: list[TensorRef], file_of: Callable[[str], Path | None],
+                        model: Path) -> list[TensorRef]:
+    """A listing with gpt-oss's MXFP4 packed experts replaced by one matrix per expert and projection
+    (antigrok.mxfp4), in natural name order; other listings unchanged."""
+    from antigrok import mxfp4
+
+    if not mxfp4.has_mxfp4(refs):
+        return refs
+    try:
+        expanded = mxfp4.expand_mxfp4(refs, file_of)
+    except mxfp4.MXFP4Error as error:
+        raise ModelFileError(f"{model}: {error}") from None
+    return sorted(expanded, key=lambda ref: natural_key(ref.name))
 
 
 def file_source(path: Path) -> ModelSource:
     """One model file, by its suffix (unknown suffixes are tried as torch files)."""
     if path.suffix == ".safetensors":
-        return ModelSource(path, "safetensors", sorted(safetensors_refs(path), key=lambda ref: natural_key(ref.name)))
+        refs = sorted(safetensors_refs(path), key=lambda ref: natural_key(ref.name))
+        return ModelSource(path, "safetensors", _with_mxfp4_experts(refs, lambda _: path, path))
     if path.suffix == ".npz":
         return npz_source(path)
     return torch_source(path)

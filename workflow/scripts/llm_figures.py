@@ -1,0 +1,10 @@
+from antigrok.llm import write_figures
+from antigrok.runlog import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    write_figures(
+        snakemake.input.htsr,
+        snakemake.output.alpha,
+        snakemake.output.traps,
+        snakemake.params.name,
+    )
