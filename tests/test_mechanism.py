@@ -254,3 +254,58 @@ def test_the_columns_are_documented():
     assert_documented_exactly("prototypes.csv", PROTOTYPE_COLUMNS)
     assert_documented_exactly("trap_removal.csv", REMOVAL_COLUMNS)
     assert_documented_exactly("shuffled_confusion.csv", CONFUSION_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- workflow and reference script
+
+
+@pytest.mark.slow
+def test_a_mechanism_key_reruns_only_the_rules_that_read_it(smoke_workdir):
+    from conftest import dry_run_jobs, snakemake
+
+    runs = len(list(smoke_workdir.glob("results/runs/mnist_mlp/*/*")))
+    assert dry_run_jobs(snakemake(smoke_workdir, "-n").stdout) == {}
+    jobs = dry_run_jobs(snakemake(smoke_workdir, "-n", overrides={"mechanism": {"probe_inputs": 500}}).stdout)
+    assert jobs.get("trap_removal") == runs and {"trap_removal", "mechanism_tables", "figure_mechanism"} >= set(jobs) - {"all"}
+    jobs = dry_run_jobs(snakemake(smoke_workdir, "-n", overrides={"mechanism": {"prototype_rows": 5}}).stdout)
+    assert jobs.get("prototypes") == runs and {"prototypes", "mechanism_tables", "figure_mechanism"} >= set(jobs) - {"all"}
+
+
+def synthetic_run(folder, steps=(0, 100, 1000, 10000)):
+    """A finished run folder as a reference keeps it: train_log.csv and safetensors checkpoints."""
+    from safetensors.torch import save_file
+
+    (folder / "checkpoints").mkdir(parents=True)
+    for index, step in enumerate(steps):
+        state = mlp_state(seed=index, shift=0.3 * index)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "checkpoints" / f"step{step:09d}.safetensors"))
+    log_steps = np.unique(np.round(np.logspace(0, 4, 60))).astype(int)
+    train = np.clip(log_steps / 300, 0, 1)
+    test = np.where(log_steps < 2000, 0.2 + 0.7 * train, 0.9 - 0.6 * np.log10(log_steps / 2000))
+    pd.DataFrame({"step": log_steps, "train_loss": 1 - train, "train_acc": train, "test_loss": 1 - test,
+                  "test_acc": test}).to_csv(folder / "train_log.csv", index=False)
+
+
+@pytest.mark.skipif(not (__import__("conftest").have_mnist()), reason="offline MNIST copy not found")
+def test_the_reference_script_on_safetensors_checkpoints(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, SHARED_DATA
+
+    synthetic_run(tmp_path / "runs" / "toy" / "wd0.0" / "seed3")
+    config = tmp_path / "config.yaml"  # small: the script's plumbing, not the numbers
+    config.write_text("mechanism:\n  probe_inputs: 50\n  removal_draws: 1\n  edges: [peak_step, last]\n")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "mechanism_reference.py"), str(tmp_path / "runs"),
+                             str(tmp_path / "out"), "--data-root", str(SHARED_DATA), "--config", str(config)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "out" / "runs" / "toy" / "wd0.0" / "seed3"
+    largest = pd.read_csv(run / "largest_weight.csv")
+    assert list(largest.columns) == LARGEST_WEIGHT_COLUMNS and len(largest) == 4 * 3
+    removal = pd.read_csv(run / "trap_removal.csv")
+    assert {"peak_step", "anti_grokking_start_step", "last"} == set(removal["edge"])
+    assert (removal[removal["condition"] == "remove_traps"]["num_components"] >= 1).all()
+    provenance = (tmp_path / "out" / "PROVENANCE.md").read_text()
+    assert "toy/wd0.0/seed3" in provenance and "wall time" in provenance
+    assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == 4
