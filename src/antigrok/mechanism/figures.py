@@ -16,7 +16,8 @@ from antigrok.mechanism.prototypes import best_match, class_means, pixel_images,
 
 log = logging.getLogger(__name__)
 DPI = 150
-CONDITION_ORDER = ["remove_traps", "replace_traps_random", "remove_next_nontrap", "remove_random_nontrap"]
+CONDITION_ORDER = ["remove_traps", "replace_traps_random", "perturb_random", "remove_next_nontrap",
+                   "remove_random_nontrap"]
 
 
 def _figure(width: float, height: float) -> Figure:

@@ -15,6 +15,8 @@ Conditions, per layer and for all layers at once ("all"), at the checkpoints of 
 - ``remove_traps``: W - sum C_trap over the layer's trap components.
 - ``replace_traps_random``: each trap component s u v^T replaced by s a b^T with random unit a, b
   (same singular value, so equal norm; mapped back through the same permutation), ``draws`` draws.
+- ``perturb_random``: the control of equal norm: W plus the random s a b^T alone (a change of the
+  same Frobenius norm as ``remove_traps``, in a random direction), ``draws`` draws.
 - ``remove_next_nontrap``: the control of nearly equal singular value: the K non-trap components that
   follow the K traps in rank (ranks K .. 2K-1).
 - ``remove_random_nontrap``: K non-trap components of random rank, ``draws`` draws.
@@ -57,7 +59,8 @@ from antigrok.spectral import layer_seed
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("none", "remove_traps", "replace_traps_random", "remove_next_nontrap", "remove_random_nontrap")
+CONDITIONS = ("none", "remove_traps", "replace_traps_random", "perturb_random", "remove_next_nontrap",
+              "remove_random_nontrap")
 REMOVAL_COLUMNS = [
     "edge", "edge_step", "step", "scope", "condition", "draw", "num_components", "singular_values",
     "relative_change", "train_acc", "test_acc", "probe_js", "probe_agreement", "test_js",
@@ -134,6 +137,9 @@ def layer_modifications(weight: np.ndarray, traps: LayerTraps, settings: Removal
     for draw in range(settings.draws):
         modifications.append({"condition": "replace_traps_random", "draw": draw, "indices": trap_indices,
                               "weight": weight - removed + random_rank_one(traps, trap_indices, rng)})
+    for draw in range(settings.draws):
+        modifications.append({"condition": "perturb_random", "draw": draw, "indices": trap_indices,
+                              "weight": weight + random_rank_one(traps, trap_indices, rng)})
     next_ranks = non_trap[:count]
     modifications.append({"condition": "remove_next_nontrap", "draw": 0, "indices": next_ranks,
                           "weight": weight - component_sum(traps, next_ranks)})
