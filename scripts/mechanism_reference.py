@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +92,7 @@ def analyse_run(run: Path, out_run: Path, dataset: dict, settings: dict) -> dict
         phases_from = "train_log.csv (segmented here)"
     out_run.mkdir(parents=True, exist_ok=True)
     write_csv_atomically(phases, out_run / "phases.csv")
+    shutil.copyfile(run / "train_log.csv", out_run / "train_log.csv")  # unedited: the phases' source
     checkpoints = run / "checkpoints"
     removal = RemovalSettings(edges=tuple(mechanism["removal_edges"]), probe_inputs=mechanism["probe_inputs"],
                               probe_std=mechanism["probe_std"], draws=mechanism["removal_draws"],
