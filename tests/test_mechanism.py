@@ -313,3 +313,4 @@ def test_the_reference_script_on_safetensors_checkpoints(tmp_path):
     provenance = (tmp_path / "out" / "PROVENANCE.md").read_text()
     assert "toy/wd0.0/seed3" in provenance and "wall time" in provenance
     assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == 4
+

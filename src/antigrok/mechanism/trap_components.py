@@ -19,13 +19,17 @@ antigrok.mechanism.removal.
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from antigrok.fastspectra import marchenko_pastur_fit, shuffled_weights
+from antigrok.fastspectra import FitFailed, marchenko_pastur_fit, shuffled_weights
 from antigrok.traps import count_traps
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,14 +106,17 @@ def layer_traps(weight: np.ndarray, seed: int, tracy_widom_scale: float = 1.0) -
     replicas = shuffled_svds(weight, seed)
     labels = [(r, i) for r, replica in enumerate(replicas) for i in range(len(replica.singular_values))]
     pooled = np.array([replicas[r].singular_values[i] ** 2 for r, i in labels])
-    fit = marchenko_pastur_fit(np.sort(pooled), rows, cols)
-    found = count_traps(pooled, rows=rows, cols=cols, sigma=fit["rand_sigma_mp"],
-                        tracy_widom_scale=tracy_widom_scale)
+    try:
+        sigma = marchenko_pastur_fit(np.sort(pooled), rows, cols)["rand_sigma_mp"]
+    except (FitFailed, ValueError, FloatingPointError) as error:  # as fastspectra.layer_columns: no count
+        log.warning("MP fit of the shuffled spectrum of a %s matrix failed (%s): no traps counted", weight.shape, error)
+        sigma = math.nan
+    found = count_traps(pooled, rows=rows, cols=cols, sigma=sigma, tracy_widom_scale=tracy_widom_scale)
     num_traps = 0 if pd.isna(found["num_traps"]) else int(found["num_traps"])  # a failed MP fit: none found
     order = np.argsort(-pooled, kind="stable")[:num_traps]  # traps are the largest eigenvalues
     return LayerTraps(
         replicas=replicas,
-        rand_sigma_mp=float(fit["rand_sigma_mp"]),
+        rand_sigma_mp=float(sigma),
         rand_lambda_plus=float(found["rand_lambda_plus"]),
         trap_threshold=float(found["trap_threshold"]),
         num_traps=num_traps,
