@@ -37,6 +37,8 @@ include: "workflow/rules/progress.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/mechanism_common.smk"
+include: "workflow/rules/mechanism.smk"
 
 
 # Light rules run on the login node under a cluster profile (profiles/slurm): the data subset
@@ -58,6 +60,8 @@ localrules:
     figure_statistics,
     timescale,
     paper_comparison,
+    mechanism_tables,
+    figure_mechanism,
 
 
 rule all:

@@ -257,7 +257,7 @@ def keys_read_by_rules(schema_keys) -> dict[str, set[str]]:
 
 def test_read_by_names_every_rule_that_reads_the_key(schema_keys):
     readers = keys_read_by_rules(schema_keys)
-    assert readers["traps.tracy_widom_scale"] == {"traps"}, "the rule scan lost track of the rules"
+    assert {"traps", "largest_weight"} <= readers["traps.tracy_widom_scale"], "the rule scan lost track of the rules"
     documented = documented_keys()
     missing = [
         f"{key}: read by {sorted(rules - set(backticked(documented[key][2])))} but not named in its read-by cell"

@@ -11,7 +11,10 @@ import pytest
 import yaml
 from conftest import snakemake
 
-CATEGORIES = ["Training", "HTSR alpha", "Correlation Traps", "Progress measures", "Phases and tables", "Detector"]
+CATEGORIES = ["Training", "HTSR alpha", "Correlation Traps", "Progress measures", "Phases and tables", "Detector",
+              "Mechanism"]
+# antigrok.mechanism's figures exist for MNIST MLP experiments only (workflow/rules/mechanism.smk)
+MECHANISM_FIGURES = ["prototypes", "largest_weight", "trap_removal", "shuffled_confusion"]
 FIGURE_CATEGORY = {
     "accuracy": "Training",
     "alpha": "HTSR alpha",
@@ -27,6 +30,7 @@ TABLE_CATEGORY = {
     "table4_mp_fit": "Phases and tables",
     "detectors": "Detector",
     "detector_summary": "Detector",
+    "mechanism": "Mechanism",
 }
 
 
@@ -49,6 +53,8 @@ def expected_items(workdir: Path) -> dict[str, list[str]]:
         for weight_decay in settings["weight_decays"]:
             for name, category in FIGURE_CATEGORY.items():
                 expected[category].append(f"{name}_{experiment}_wd{float(weight_decay)}.png")
+            if settings["model"]["name"] == "mlp" and settings["dataset"]["name"] == "mnist":
+                expected["Mechanism"] += [f"{name}_{experiment}_wd{float(weight_decay)}.png" for name in MECHANISM_FIGURES]
     for name, category in TABLE_CATEGORY.items():
         expected[category].append(f"{name}.html")
     return {category: sorted(names) for category, names in expected.items()}

@@ -1,0 +1,119 @@
+"""The checkpoint that stands for each phase edge of a run, and the model it holds.
+
+Phase edges (phases.csv) are logged steps; checkpoints are a log-spaced subset of them. The
+checkpoint of an edge is the one nearest to it in log(step) (the earlier one on a tie), so an edge
+between two checkpoints is represented by the closer one, whichever side it lies on. ``last`` is the
+last checkpoint. An edge the run does not have (a run that never collapses has no
+anti_grokking_start_step) is left out, with a log line.
+
+Checkpoints are read safely: ``step{step:09d}.pt`` (torch, weights_only) as the train rule writes
+them, or ``step{step:09d}.safetensors`` (tensor names as the state_dict) as the references keep them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from antigrok.loading import read_checkpoint, read_safetensor, safetensors_headers
+from antigrok.models import MLP
+from antigrok.phases import edges_from_phases
+
+log = logging.getLogger(__name__)
+
+EDGE_NAMES = ("fit_step", "grokking_start_step", "peak_step", "anti_grokking_start_step", "collapse_step", "last")
+CHECKPOINT_NAME = re.compile(r"step(\d+)\.(pt|safetensors)$")
+
+
+@dataclass(frozen=True)
+class EdgeCheckpoint:
+    """One phase edge of a run and the checkpoint that stands for it."""
+
+    edge: str  # a name of EDGE_NAMES
+    edge_step: int  # the edge's logged step (the last checkpoint's step for ``last``)
+    step: int  # the checkpoint's step
+    path: Path
+
+
+def checkpoint_paths(folder: str | Path) -> dict[int, Path]:
+    """{step: file} of the ``step*.pt`` and ``step*.safetensors`` files of a folder."""
+    found = {}
+    for path in sorted(Path(folder).iterdir()):
+        match = CHECKPOINT_NAME.fullmatch(path.name)
+        if match:
+            found.setdefault(int(match.group(1)), path)
+    if not found:
+        raise FileNotFoundError(f"{folder}: no step*.pt or step*.safetensors checkpoints; rerun the train rule "
+                                "or point at a reference's checkpoints/ folder")
+    return dict(sorted(found.items()))
+
+
+def nearest_step(target: int, steps: Sequence[int]) -> int:
+    """The step of ``steps`` nearest to ``target`` in log(step + 1); the earlier one on a tie."""
+    steps = sorted(int(step) for step in steps)
+    distances = [abs(math.log1p(step) - math.log1p(target)) for step in steps]
+    return steps[int(np.argmin(distances))]  # argmin takes the first (earlier) of equal distances
+
+
+def edge_checkpoints(phases: pd.DataFrame, checkpoints: Mapping[int, Path], edges: Sequence[str]) -> list[EdgeCheckpoint]:
+    """The checkpoint of each requested edge the run has, in the order of ``edges``."""
+    unknown = [edge for edge in edges if edge not in EDGE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown phase edge(s) {unknown}; known: {list(EDGE_NAMES)}")
+    found = edges_from_phases(phases)
+    last = max(checkpoints)
+    chosen = []
+    for edge in edges:
+        edge_step = last if edge == "last" else getattr(found, edge)
+        if edge_step is None:
+            log.info("the run has no %s; skipped", edge)
+            continue
+        step = nearest_step(edge_step, checkpoints)
+        chosen.append(EdgeCheckpoint(edge, int(edge_step), step, Path(checkpoints[step])))
+    return chosen
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The float64 state_dict of a checkpoint file (.pt as antigrok.train writes it, or .safetensors)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors = {name: read_safetensor(path, name) for name, _, _ in safetensors_headers(path)}
+    else:
+        tensors = dict(read_checkpoint(path)["model"])
+    return {name: tensor.to(torch.float64) for name, tensor in tensors.items()}
+
+
+def mlp_widths(state_dict: Mapping[str, torch.Tensor]) -> list[int]:
+    """The widths of the MLP whose weights these are: fc1 (h1, in), fc2 (h2, h1), ... -> [in, h1, h2, ...]."""
+    layers = sorted((int(match.group(1)), name) for name in state_dict
+                    if (match := re.fullmatch(r"fc(\d+)\.weight", name)))
+    if not layers or [index for index, _ in layers] != list(range(1, len(layers) + 1)):
+        raise ValueError(f"not an antigrok MLP state_dict (fc1.weight, fc2.weight, ...): keys {sorted(state_dict)}; "
+                         "the mechanism analyses are written for the MNIST MLP")
+    weights = [state_dict[name] for _, name in layers]
+    return [int(weights[0].shape[1])] + [int(weight.shape[0]) for weight in weights]
+
+
+def mlp_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> MLP:
+    """The float64 MLP holding these weights (its widths read from their shapes), in eval mode."""
+    model = MLP(mlp_widths(state_dict)).to(torch.float64)
+    model.load_state_dict({name: tensor.to(torch.float64) for name, tensor in state_dict.items()})
+    return model.eval()
+
+
+def weight_matrix(state_dict: Mapping[str, torch.Tensor], layer: str) -> np.ndarray:
+    """``layer``'s weight (out, in) as a float64 array."""
+    return state_dict[f"{layer}.weight"].detach().cpu().numpy().astype(np.float64)
+
+
+def layer_names(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """fc1, fc2, ... in order."""
+    return [f"fc{index}" for index in range(1, len(mlp_widths(state_dict)))]

@@ -1,0 +1,19 @@
+from antigrok.mechanism.removal import RemovalSettings, write_removal
+from antigrok.runlog import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    write_removal(
+        snakemake.input.checkpoints,
+        snakemake.input.phases,
+        snakemake.input.dataset,
+        snakemake.output[0],
+        run_seed=int(snakemake.wildcards.seed),
+        settings=RemovalSettings(
+            edges=tuple(snakemake.params.edges),
+            probe_inputs=snakemake.params.probe_inputs,
+            probe_std=snakemake.params.probe_std,
+            draws=snakemake.params.draws,
+            seed=snakemake.params.seed,
+            tracy_widom_scale=snakemake.params.tracy_widom_scale,
+        ),
+    )
