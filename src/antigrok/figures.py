@@ -30,10 +30,19 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from antigrok.files import write_atomically, write_text_atomically
-from antigrok.phases import edges_from_phases
+from antigrok.files import write_atomically
 from antigrok.spectral import mp_edges, mp_sigma_of_edge
-from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha
+from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha  # noqa: F401 (frame_to_markdown: re-exported)
+# The table writers live with the tables (antigrok.summary); re-exported where they lived before.
+from antigrok.summary import (  # noqa: F401
+    PHASE_EDGE_COLUMNS,
+    RUN_PATH,
+    TABLE_STYLE,
+    frame_to_html,
+    phase_edges,
+    write_phase_edges,
+    write_table_html,
+)
 
 log = logging.getLogger(__name__)
 
@@ -717,74 +726,3 @@ def detector_figure_from_files(detectors, experiment, weight_decay, outputs) -> 
     frame = frame[(frame["experiment"] == experiment) & np.isclose(frame["weight_decay"].astype(float), float(weight_decay))]
     title = f"Early-warning alarms, lead time before the collapse\n{experiment}, weight decay {weight_decay} ({frame['seed'].nunique()} seeds)"
     save_figure(plot_detector_leads(frame, title), outputs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Report helpers: tables as HTML pages (the report shows HTML inline, CSV only as a download)
-
-TABLE_STYLE = """<style>
-body { font-family: sans-serif; font-size: 13px; margin: 1em; }
-table { border-collapse: collapse; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th { background: #f2f2f2; }
-tr:nth-child(even) td { background: #fafafa; }
-</style>"""
-
-
-def frame_to_html(frame: pd.DataFrame, title: str, note: str = "") -> str:
-    """A standalone HTML page holding ``frame`` as a table (NaN shown as an empty cell)."""
-    table = frame.to_html(index=False, na_rep="", float_format=lambda value: f"{value:.4g}", border=0)
-    paragraph = f"<p>{note}</p>" if note else ""
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>{TABLE_STYLE}</head>" f"<body><h3>{title}</h3>{paragraph}{table}</body></html>\n"
-
-
-def write_table_html(csv_path: str | Path, html_path: str | Path, title: str) -> None:
-    """results/tables/<name>.csv as an HTML page for the report."""
-    frame = pd.read_csv(csv_path)
-    write_text_atomically(html_path, frame_to_html(frame, title, f"{len(frame)} rows, from {Path(csv_path).name}"))
-    log.info("wrote %s (%d rows)", html_path, len(frame))
-
-
-RUN_PATH = re.compile(r"(?P<experiment>[^/]+)/wd(?P<weight_decay>[^/]+)/seed(?P<seed>\d+)/[^/]+$")
-PHASE_EDGE_COLUMNS = ["fit_step", "grokking_start_step", "peak_step", "anti_grokking_start_step", "collapse_step",
-                      "groks", "collapses"]
-
-
-def phase_edges(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per run: its phase edges from phases.csv, the peak and the final test accuracy."""
-    rows = []
-    for path in paths:
-        match = RUN_PATH.search(Path(path).as_posix())
-        if not match:
-            raise FigureDataError(f"{path} is not RUN_DIR/phases.csv (…/<experiment>/wd<weight decay>/seed<seed>/)")
-        phases = pd.read_csv(path).sort_values("step")
-        edges = edges_from_phases(phases)
-        smoothed = "test_acc_smoothed" if "test_acc_smoothed" in phases else "test_acc"
-        at_peak = phases.loc[phases["step"] == edges.peak_step, smoothed]
-        rows.append(
-            {
-                "experiment": match["experiment"],
-                "weight_decay": float(match["weight_decay"]),
-                "seed": int(match["seed"]),
-                **{column: np.nan if getattr(edges, column) is None else getattr(edges, column)
-                   for column in PHASE_EDGE_COLUMNS},
-                "peak_test_acc_smoothed": at_peak.iloc[0] if len(at_peak) else np.nan,
-                "final_test_acc": phases["test_acc"].iloc[-1] if "test_acc" in phases else np.nan,
-            }
-        )
-    return pd.DataFrame(rows).sort_values(["experiment", "weight_decay", "seed"], ignore_index=True)
-
-
-def write_phase_edges(paths: Sequence[str | Path], csv_path: str | Path, html_path: str | Path,
-                      md_path: str | Path | None = None) -> None:
-    """results/tables/phase_edges.csv, .html (and .md): the phase edges of every run, written atomically."""
-    edges = phase_edges(paths)
-    note = ("Steps at which each run fits its train set, starts grokking, peaks, starts its decline "
-            "(anti-grokking) and crosses peak - phases.collapse_drop (collapse_step); empty: never.")
-    texts = {csv_path: edges.to_csv(index=False),
-             html_path: frame_to_html(edges.convert_dtypes(), "Phase edges per run", note)}
-    if md_path is not None:
-        texts[md_path] = frame_to_markdown(edges.astype(object).where(edges.notna(), "—"), "Phase edges per run", note)
-    for path, text in texts.items():
-        write_text_atomically(path, text)
-    log.info("wrote %s (%d runs)", ", ".join(map(str, texts)), len(edges))

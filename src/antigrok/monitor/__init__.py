@@ -4,7 +4,7 @@
 so many optimizer steps, analyses them with the workflow's own spectral engine
 (``antigrok.htsr``: the same function and seeding as the ``spectra`` rule, so a monitored step
 gives the numbers a checkpoint of it would), appends one row per layer to a CSV, and evaluates
-the detector's alarms with the detector's own code (``antigrok.summary``: ``spectral_conditions``
+the detector's alarms with the detector's own code (``antigrok.detector``: ``spectral_conditions``
 and ``firing_steps``, the functions that write detectors.csv):
 
     alpha_below_critical   mean alpha of ``average_layers`` below ``alpha_critical``
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from antigrok.htsr import DEFAULT_ENGINE, HTSR_COLUMNS, MIN_EVALS, analyze_weights, htsr_table, weight_matrices
-from antigrok.summary import SPECTRAL_ALARMS, firing_steps, mean_alpha, spectral_conditions
+from antigrok.detector import SPECTRAL_ALARMS, firing_steps, mean_alpha, spectral_conditions
 from antigrok.traps import compute_traps
 
 __all__ = [
@@ -125,7 +125,7 @@ def _analysable_layers(model) -> dict[str, tuple[int, ...]]:
 
 class AlarmWatch:
     """The alarms over a growing history of monitor rows: the detector's spectral alarms
-    (``antigrok.summary.spectral_conditions``) fired by ``antigrok.summary.firing_steps``, as the
+    (``antigrok.detector.spectral_conditions``) fired by ``antigrok.detector.firing_steps``, as the
     workflow's detectors rule does for a finished run.
 
     ``update(rows)`` adds the rows of newly analysed steps and returns the firings not reported
