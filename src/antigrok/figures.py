@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from antigrok.files import write_atomically
-from antigrok.spectral import mp_edges, mp_sigma_of_edge
-from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha  # noqa: F401 (frame_to_markdown: re-exported)
+from antigrok import runs
+from antigrok.spectral import mp_edges, mp_sigma_of_edge, spectrum_key
+from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha  # noqa: F401 (frame_to_markdown, mean_alpha: re-exported)
+from antigrok.summary import OUTCOMES as DETECTOR_OUTCOMES
+from antigrok.summary import average_alpha as average_alpha_of_runs
 # The table writers live with the tables (antigrok.summary); re-exported where they lived before.
 from antigrok.summary import (  # noqa: F401
     PHASE_EDGE_COLUMNS,
@@ -226,9 +228,9 @@ def average_alpha(htsr: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
     """Per (seed, step): the mean alpha over ``layers``, as Table 1 and the alarms average it
     (antigrok.summary.mean_alpha: NaN where any listed layer's fit failed or is missing, so an
     average is always over the same layers; the seed statistics then skip it)."""
-    frames = [mean_alpha(frame, layers, "htsr.average_layers").reset_index().assign(seed=seed)
-              for seed, frame in htsr.groupby("seed", sort=True)]
-    return pd.concat(frames, ignore_index=True)[["seed", "step", "alpha"]]
+    # antigrok.summary.average_alpha over the seeds of the one experiment and weight decay a figure shows
+    one_experiment = htsr.sort_values("seed", kind="stable").assign(experiment="", weight_decay=0.0)
+    return average_alpha_of_runs(one_experiment, {"": list(layers)})[["seed", "step", "alpha"]]
 
 
 def plot_alpha(
@@ -523,6 +525,10 @@ FIGURE_OUTCOME = {
     "missed": "missed",
     "quiet": "quiet",
 }
+# One list of outcomes (antigrok.detector's): an outcome added there must get a group here.
+if set(FIGURE_OUTCOME) != set(DETECTOR_OUTCOMES):
+    raise RuntimeError(f"figures.FIGURE_OUTCOME groups {sorted(FIGURE_OUTCOME)}, the detector's outcomes are "
+                       f"{sorted(DETECTOR_OUTCOMES)}: give every detector outcome a figure group")
 
 
 def alarm_outcome(row: pd.Series) -> str:
@@ -597,19 +603,19 @@ def plot_detector_leads(detectors: pd.DataFrame, title: str) -> Figure:
 
 
 def seed_of(path: str | Path) -> int:
-    """The seed of a run file from its directory name (…/seed{seed}/file)."""
-    match = re.fullmatch(r"seed(\d+)", Path(path).parent.name)
-    if not match:
-        raise FigureDataError(f"{path} is not under a run directory named seed<N>; expected RUN_DIR/<file>")
-    return int(match.group(1))
+    """The seed of a run file from its directory name (…/seed{seed}/file): antigrok.runs.seed_of."""
+    try:
+        return runs.seed_of(path)
+    except ValueError as error:
+        raise FigureDataError(str(error)) from None
 
 
 def read_run_tables(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Concatenate one CSV per run (all seeds of one experiment and weight decay), adding ``seed``."""
-    frames = [pd.read_csv(path).assign(seed=seed_of(path)) for path in paths]
-    if not frames:
-        raise FigureDataError("no run files given")
-    return pd.concat(frames, ignore_index=True)
+    try:
+        return runs.read_seed_files(paths)
+    except ValueError as error:
+        raise FigureDataError(str(error)) from None
 
 
 def _by_seed(paths: Sequence[str | Path]) -> dict[int, Path]:
@@ -618,7 +624,7 @@ def _by_seed(paths: Sequence[str | Path]) -> dict[int, Path]:
 
 def load_spectrum(npz, htsr: pd.DataFrame, layer: str, step: int, rand: bool, traps: pd.DataFrame | None = None) -> Spectrum:
     """One Spectrum from a run's spectra.npz (opened) and htsr.csv (and traps.csv) frames."""
-    key = f"{'rand_evals' if rand else 'evals'}/{layer}/{int(step):09d}"
+    key = spectrum_key("rand_evals" if rand else "evals", layer, step)
     if key not in npz:
         raise FigureDataError(f"spectra.npz has no array {key!r}; rerun the spectra rule for this run")
     fit = _row(htsr, layer, step, "htsr.csv")

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
 from antigrok.models import build_model, relu_modules
+from antigrok.spectral import layer_name
 from antigrok.train import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def column_suffix(name: str) -> str:
 def weight_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weight matrices by layer name: parameters ``<layer>.weight`` with ndim >= 2."""
     return {
-        name.removesuffix(".weight"): parameter
+        layer_name(name): parameter
         for name, parameter in model.named_parameters()
         if name.endswith(".weight") and parameter.ndim >= 2
     }

@@ -14,7 +14,7 @@ table; ``n_seeds`` counts the runs with a finite value.
 from __future__ import annotations
 
 import logging
-import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +53,8 @@ from antigrok.detector import (  # noqa: F401
     write_detector_tables,
 )
 from antigrok.files import write_csv_atomically, write_text_atomically
-from antigrok.phases import PHASES, edges_from_phases
-from antigrok.runs import _RUN_PATH, RUN_KEYS, parse_run_dir, read_run_files  # noqa: F401 (re-exported)
+from antigrok.phases import PHASES, edges_from_phases, smoothed_test_acc_at
+from antigrok.runs import _RUN_PATH, RUN_KEYS, RUN_PATH, parse_run_dir, read_run_files  # noqa: F401 (re-exported)
 from antigrok.table_format import (  # noqa: F401 (re-exported)
     TABLE_STYLE,
     format_cell,
@@ -252,7 +252,6 @@ def write_table_html(csv_path: str | Path, html_path: str | Path, title: str) ->
     log.info("wrote %s (%d rows)", html_path, len(frame))
 
 
-RUN_PATH = re.compile(r"(?P<experiment>[^/]+)/wd(?P<weight_decay>[^/]+)/seed(?P<seed>\d+)/[^/]+$")
 PHASE_EDGE_COLUMNS = ["fit_step", "grokking_start_step", "peak_step", "anti_grokking_start_step", "collapse_step",
                       "groks", "collapses"]
 
@@ -261,21 +260,17 @@ def phase_edges(paths: Sequence[str | Path]) -> pd.DataFrame:
     """One row per run: its phase edges from phases.csv, the peak and the final test accuracy."""
     rows = []
     for path in paths:
-        match = RUN_PATH.search(Path(path).as_posix())
-        if not match:
-            raise FigureDataError(f"{path} is not RUN_DIR/phases.csv (…/<experiment>/wd<weight decay>/seed<seed>/)")
+        experiment, weight_decay, seed = parse_run_dir(path)
         phases = pd.read_csv(path).sort_values("step")
         edges = edges_from_phases(phases)
-        smoothed = "test_acc_smoothed" if "test_acc_smoothed" in phases else "test_acc"
-        at_peak = phases.loc[phases["step"] == edges.peak_step, smoothed]
         rows.append(
             {
-                "experiment": match["experiment"],
-                "weight_decay": float(match["weight_decay"]),
-                "seed": int(match["seed"]),
+                "experiment": experiment,
+                "weight_decay": weight_decay,
+                "seed": seed,
                 **{column: np.nan if getattr(edges, column) is None else getattr(edges, column)
                    for column in PHASE_EDGE_COLUMNS},
-                "peak_test_acc_smoothed": at_peak.iloc[0] if len(at_peak) else np.nan,
+                "peak_test_acc_smoothed": smoothed_test_acc_at(phases, edges.peak_step),
                 "final_test_acc": phases["test_acc"].iloc[-1] if "test_acc" in phases else np.nan,
             }
         )

@@ -24,6 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from antigrok.files import write_atomically
+from antigrok.phases import smoothed_test_acc_at
 from antigrok.summary import RUN_KEYS, average_alpha, read_run_files
 
 TIMESCALE_COLUMNS = [
@@ -50,9 +51,7 @@ def run_row(train_log, phases, htsr_average, traps, lr: float, alpha_critical: f
     train_log = train_log.sort_values("step")
     fit_step, peak_step = _edge(phases, "fit_step"), _edge(phases, "peak_step")
     last_step = float(train_log["step"].max())
-    peak_test_acc = math.nan
-    if not math.isnan(peak_step):
-        peak_test_acc = float(phases.loc[phases["step"] == peak_step, "test_acc_smoothed"].iloc[0])
+    peak_test_acc = smoothed_test_acc_at(phases, peak_step)
     after_fit = train_log[train_log["step"] >= fit_step] if not math.isnan(fit_step) else train_log.iloc[0:0]
     trap_steps = traps.groupby("step")["num_traps"].max()
     return {

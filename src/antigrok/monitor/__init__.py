@@ -38,9 +38,8 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from antigrok.htsr import DEFAULT_ENGINE, HTSR_COLUMNS, MIN_EVALS, analyze_weights, htsr_table, weight_matrices
+from antigrok.htsr import DEFAULT_ENGINE, HTSR_COLUMNS, MIN_EVALS, analyze_with_traps, weight_matrices
 from antigrok.detector import SPECTRAL_ALARMS, firing_steps, mean_alpha, spectral_conditions
-from antigrok.traps import compute_traps
 
 __all__ = [
     "Alarm",
@@ -107,9 +106,8 @@ def analyze_snapshot(matrices: Mapping[str, np.ndarray], seed: int, step: int, f
     """The monitor rows of one step (MONITOR_COLUMNS): ``antigrok.htsr.analyze_weights`` seeded as
     the ``spectra`` rule seeds run ``seed`` at ``step``, traps counted as the ``traps`` rule counts
     them. At tracy_widom_scale 1.0 the htsr columns and num_traps are analyze_state_dict's."""
-    rows, arrays = analyze_weights(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine)
-    table = htsr_table(rows)
-    traps = compute_traps(table, arrays, tracy_widom_scale)
+    table, traps = analyze_with_traps(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine,
+                                      tracy_widom_scale=tracy_widom_scale)
     for column in TRAP_COLUMNS:
         table[column] = traps[column].to_numpy()
     table["num_traps"] = table["num_traps"].astype("Int64")
