@@ -96,8 +96,9 @@ import pandas as pd
 
 from antigrok.fastspectra import analyze_layer_fast
 from antigrok.files import write_csv_atomically
-from antigrok.loading import read_checkpoint
+from antigrok.loading import read_checkpoint, to_float64
 from antigrok.spectral import (  # noqa: F401 (mp_edges, mp_cdf, load_spectra, read_htsr: re-exported)
+    layer_name,
     layer_seed,
     load_spectra,
     mp_cdf,
@@ -189,18 +190,25 @@ def weight_matrices(state_dict: Mapping) -> dict[str, np.ndarray]:
     """
     matrices = {}
     for key, value in state_dict.items():
-        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-        if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
-            if array.ndim > 2:
-                log.info("skipping %s: a %d-D tensor (only 2-D weight matrices are analyzed)", key, array.ndim)
+        shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+        if len(shape) != 2 or not _is_floating(value):
+            if len(shape) > 2:
+                log.info("skipping %s: a %d-D tensor (only 2-D weight matrices are analyzed)", key, len(shape))
             continue
-        reason = _unanalyzable(array.shape)
+        reason = _unanalyzable(shape)
         if reason:
-            log.info("skipping %s: shape %s %s", key, tuple(array.shape), reason)
+            log.info("skipping %s: shape %s %s", key, shape, reason)
             continue
-        name = key[: -len(".weight")] if key.endswith(".weight") else key
-        matrices[name] = array.astype(np.float64)
+        # to_float64 reads every float dtype (bfloat16 has no NumPy type); the copy keeps the
+        # matrices from changing when training goes on (the monitor's snapshots).
+        matrices[layer_name(key)] = to_float64(value).copy()
     return matrices
+
+
+def _is_floating(value) -> bool:
+    if hasattr(value, "is_floating_point"):
+        return bool(value.is_floating_point())
+    return bool(np.issubdtype(np.asarray(value).dtype, np.floating))
 
 
 def analyze_weights(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: int, fix_fingers="clip_xmax",
@@ -230,6 +238,16 @@ def htsr_table(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
+def analyze_with_traps(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: int, fix_fingers="clip_xmax",
+                       engine: str = DEFAULT_ENGINE, tracy_widom_scale: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The htsr.csv table of ``matrices`` at (run seed, step), as the ``spectra`` rule computes
+    it, and their traps.csv rows, counted as the ``traps`` rule counts them: the one analysis that
+    analyze_state_dict, the monitor and ``antigrok analyze`` share."""
+    rows, arrays = analyze_weights(matrices, run_seed=run_seed, step=step, fix_fingers=fix_fingers, engine=engine)
+    table = htsr_table(rows)
+    return table, compute_traps(table, arrays, tracy_widom_scale)
+
+
 def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xmax", engine: str = DEFAULT_ENGINE,
                        step: int = 0) -> pd.DataFrame:
     """HTSR metrics of a model's weights, no data needed: one row per analyzable 2-D weight.
@@ -242,9 +260,7 @@ def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xma
     if not matrices:
         raise ValueError(f"no 2-D weight matrix with at least {MIN_EVALS} rows and columns in the state_dict "
                          f"(keys: {', '.join(list(state_dict)[:8])}{', ...' if len(state_dict) > 8 else ''})")
-    rows, arrays = analyze_weights(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine)
-    table = htsr_table(rows)
-    traps = compute_traps(table, arrays, tracy_widom_scale=1.0)
+    table, traps = analyze_with_traps(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine)
     table["num_traps"] = traps["num_traps"].to_numpy()
     return table
 
