@@ -378,3 +378,25 @@ def test_fast_is_the_default_engine_and_weightwatcher_stays_selectable():
     assert engine["default"] == "fast" and set(engine["enum"]) == set(htsr.ENGINES) == {"weightwatcher", "fast"}
     for config in ("config.yaml", "tests/smoke.yaml"):
         assert yaml.safe_load((REPO / config).read_text())["htsr"]["engine"] == "fast", config
+
+
+def test_an_all_zero_layer_has_no_mp_fit_and_says_why(caplog):
+    # The known degenerate case: a shuffled spectrum of zeros cannot be rescaled to mean 1.
+    with caplog.at_level(logging.WARNING, logger="antigrok.fastspectra"):
+        row = fs.analyze_layer_fast(np.zeros((30, 20)), seed=0, fix_fingers="clip_xmax")
+    assert math.isnan(row["rand_sigma_mp"]) and math.isnan(row["ww_num_traps"])
+    assert "sums to 0.0" in caplog.text
+
+
+def test_an_unexpected_error_in_the_mp_fit_raises_naming_the_layer(monkeypatch):
+    # It was caught (any ValueError) and stored as NaN columns: a bug looked like a missing number.
+    from antigrok import htsr
+
+    def broken_fit(*args, **kwargs):
+        raise ValueError("a bug in the MP fit")
+
+    monkeypatch.setattr(fs, "marchenko_pastur_fit", broken_fit)
+    weight = np.random.default_rng(0).standard_normal((30, 20))
+    with pytest.raises(ValueError, match="a bug in the MP fit") as raised:
+        htsr.analyze_weights({"fc1": weight}, run_seed=0, step=7, engine="fast")
+    assert "layer 'fc1'" in "".join(getattr(raised.value, "__notes__", [])) + str(raised.value)

@@ -217,8 +217,13 @@ def analyze_weights(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: 
     rows, arrays = [], {}
     for layer, weight in matrices.items():
         start = time.perf_counter()
-        result = analyze_layer(weight, seed=layer_seed(run_seed, step, layer), fix_fingers=fix_fingers,
-                               engine=engine)
+        try:
+            result = analyze_layer(weight, seed=layer_seed(run_seed, step, layer), fix_fingers=fix_fingers,
+                                   engine=engine)
+        except Exception as error:  # keeps its type (callers catch ValueError), says which layer
+            if hasattr(error, "add_note"):  # Python >= 3.11
+                error.add_note(f"while analysing layer {layer!r} (shape {tuple(np.shape(weight))}) at step {step}")
+            raise
         seconds = time.perf_counter() - start
         arrays[spectrum_key("evals", layer, step)] = np.sort(np.asarray(result["evals"], dtype=np.float64))
         arrays[spectrum_key("rand_evals", layer, step)] = np.sort(np.asarray(result["rand_evals"], dtype=np.float64))
