@@ -122,14 +122,19 @@ def _format(value) -> str:
     return str(value)
 
 
+def _experiments(table: pd.DataFrame) -> str:
+    """The experiments of the study as the config names them, in lr order."""
+    return ", ".join(dict.fromkeys(table.sort_values("lr", kind="stable")["experiment"]))
+
+
 def timescale_markdown(table: pd.DataFrame, slope: pd.DataFrame) -> str:
     """Both tables as Markdown, with what each column means."""
     shown = [c for c in TIMESCALE_COLUMNS if c not in ("experiment",)]
     lines = [
         "# Time-scale study: phase edges per learning rate",
         "",
-        "One row per run (MNIST MLP of the paper's Table 3 at the lr shown; `steps` is the run's length: "
-        "these are time-rescaled runs, not the paper's 1e7-step experiment at lr 5e-4). Steps of "
+        f"One row per run (experiments {_experiments(table)}, each at the lr shown; `steps` is the run's "
+        "length: these are time-rescaled runs, to be read with their lr and steps). Steps of "
         "phases.csv (smoothed test accuracy); `first_alpha_below_critical_step`: first checkpoint with the "
         "average alpha of htsr.average_layers below htsr.alpha_critical; `first_trap_step`: first checkpoint "
         "with a Correlation Trap in any layer; `peak_inside_run`: no if the smoothed maximum is at the last "
@@ -178,7 +183,7 @@ def plot_timescale(train_logs: pd.DataFrame, table: pd.DataFrame) -> Figure:
     by_step.set_title("against step", fontsize=10, loc="left")
     by_lr_step.set_title("against lr x step: curves coincide if the lr only rescales time", fontsize=10, loc="left")
     by_step.legend(fontsize=8, loc="lower right")
-    fig.suptitle("MNIST MLP (paper Table 3) at several AdamW learning rates: time-rescaled runs", fontsize=11)
+    fig.suptitle(f"{_experiments(table)}: one experiment per AdamW learning rate, time-rescaled runs", fontsize=11)
     return fig
 
 
@@ -193,7 +198,7 @@ def write_timescale(train_log_paths, phases_paths, htsr_paths, traps_paths, lear
     writers = {
         "table_csv": lambda path: table.to_csv(path, index=False),
         "slope_csv": lambda path: slope.to_csv(path, index=False),
-        "table_md": lambda path: path.write_text(timescale_markdown(table, slope)),
+        "table_md": lambda path: path.write_text(timescale_markdown(table, slope), encoding="utf-8"),
         "figure_png": lambda path: fig.savefig(path, format="png"),
         "figure_pdf": lambda path: fig.savefig(path, format="pdf"),
     }
