@@ -40,7 +40,7 @@ def skip_reason(ref: TensorRef, layers: re.Pattern | None = None) -> str:
         return f"{len(ref.shape)}-D tensor (bias, norm, ...): only 2-D weight matrices are analysed"
     if len(ref.shape) > 2:
         return f"{len(ref.shape)}-D tensor: only 2-D weight matrices are analysed"
-    reason = htsr._unanalyzable(ref.shape)
+    reason = htsr.unanalyzable_reason(ref.shape)
     return f"shape {ref.shape[0]}x{ref.shape[1]} {reason}" if reason else ""
 
 

@@ -123,6 +123,7 @@ from antigrok.weightwatcher_engine import (  # noqa: F401 (re-exported: htsr's n
     _unanalyzable,
     _weightwatcher,
     analyze_layer_ww,
+    unanalyzable_reason,
 )
 
 # The fast engine gives WeightWatcher's numbers (tests/test_fastspectra.py), >100x faster.
@@ -195,7 +196,7 @@ def weight_matrices(state_dict: Mapping) -> dict[str, np.ndarray]:
             if len(shape) > 2:
                 log.info("skipping %s: a %d-D tensor (only 2-D weight matrices are analyzed)", key, len(shape))
             continue
-        reason = _unanalyzable(shape)
+        reason = unanalyzable_reason(shape)
         if reason:
             log.info("skipping %s: shape %s %s", key, shape, reason)
             continue

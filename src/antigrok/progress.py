@@ -30,7 +30,7 @@ from tqdm import tqdm
 from antigrok.files import write_csv_atomically
 from antigrok.models import build_model, relu_modules
 from antigrok.spectral import layer_name
-from antigrok.train import load_checkpoint
+from antigrok.loading import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def progress_for_checkpoints(checkpoint_paths: Iterable[str | Path], dataset: Ma
     rows = []
     for path in tqdm(paths, desc="progress measures", unit="ckpt", disable=not progress):
         started = time.perf_counter()
-        checkpoint = load_checkpoint(path)
+        checkpoint = read_checkpoint(path)
         if checkpoint.get("step") is None:
             raise ValueError(f"{path}: the checkpoint has no step; expected an antigrok.train checkpoint")
         model = model_from_checkpoint(checkpoint, path)

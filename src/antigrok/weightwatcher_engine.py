@@ -95,7 +95,7 @@ def _recording_watcher_class(weightwatcher):
     return RecordingWatcher
 
 
-def _unanalyzable(shape) -> str:
+def unanalyzable_reason(shape) -> str:
     """Why WeightWatcher would skip a matrix of this shape ("" if it analyzes it)."""
     if min(shape) < MIN_EVALS:
         return f"has fewer than {MIN_EVALS} eigenvalues; WeightWatcher does not analyze it"
@@ -105,11 +105,14 @@ def _unanalyzable(shape) -> str:
     return ""
 
 
+_unanalyzable = unanalyzable_reason  # its name before it was public
+
+
 def _check_weight(weight) -> np.ndarray:
     weight = np.asarray(weight)
     if weight.ndim != 2:
         raise ValueError(f"expected a 2-D weight matrix, got shape {weight.shape}")
-    reason = _unanalyzable(weight.shape)
+    reason = unanalyzable_reason(weight.shape)
     if reason:
         raise ValueError(f"weight of shape {weight.shape} {reason}")
     weight = weight.astype(np.float64, copy=False)
