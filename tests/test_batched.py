@@ -352,3 +352,10 @@ def test_adding_a_weight_decay_reruns_no_finished_batched_group(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [line.split()[-1] for line in result.stdout.splitlines() if line.strip().startswith("wildcards:")]
     assert jobs == ["weight_decay=0.5"], result.stdout[-3000:]
+
+
+def test_the_bit_identity_claim_names_the_engine_it_holds_for():
+    # The docstrings promised bit-identity with train_run, whose default engine (fast) is equal
+    # to rounding only; the tests above compare with cpu_engine="plain", which is what holds.
+    assert 'cpu_engine="plain"' in batched.__doc__ and 'cpu_engine="plain"' in train_runs.__doc__
+    assert "to rounding" in batched.__doc__
