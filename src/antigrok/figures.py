@@ -177,6 +177,14 @@ def phase_handles(drawn: set[str], phases: pd.DataFrame | None) -> list[Patch]:
     ]
 
 
+def _style_panel(ax, title: str, ylabel: str) -> None:
+    """One panel of a stack over the step axis: its label, title, grid, the shared step axis."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.grid(alpha=0.3)
+    set_step_axis(ax, label=False)
+
+
 def _seed_count(*frames: pd.DataFrame | None) -> int:
     return max((frame["seed"].nunique() for frame in frames if frame is not None and "seed" in frame), default=0)
 
@@ -262,10 +270,7 @@ def plot_alpha(
         label = f"mean α of {', '.join(present)}" if name == "average" else f"α of {name}"
         line = plot_seed_band(ax, frame, "alpha", "#1f77b4", "α (seed mean)")
         critical = ax.axhline(alpha_critical, color="#d62728", ls="--", lw=1.2, label=f"α = {alpha_critical:g} (critical)")
-        ax.set_ylabel("α (PL exponent)")
-        ax.set_title(label, fontsize=10, loc="left")
-        ax.grid(alpha=0.3)
-        set_step_axis(ax, label=False)
+        _style_panel(ax, label, "α (PL exponent)")
     axes[-1].set_xlabel(STEP_LABEL)
     fig.suptitle(title, fontsize=11)
     band = Patch(color="#1f77b4", alpha=0.2, label="min-max over seeds")
@@ -296,10 +301,7 @@ def plot_progress(progress: pd.DataFrame, phases: pd.DataFrame | None, title: st
     for ax, (column, panel_title, ylabel), color in zip(axes, panels, colors):
         drawn |= shade_phases(ax, phases)
         handles.append(plot_seed_band(ax, progress, column, color, panel_title.split(" (")[0]))
-        ax.set_ylabel(ylabel)
-        ax.set_title(panel_title, fontsize=10, loc="left")
-        ax.grid(alpha=0.3)
-        set_step_axis(ax, label=False)
+        _style_panel(ax, panel_title, ylabel)
     axes[-1].set_xlabel(STEP_LABEL)
     fig.suptitle(title, fontsize=11)
     band = Patch(color="grey", alpha=0.25, label="min-max over seeds")

@@ -61,6 +61,7 @@ from antigrok.table_format import (  # noqa: F401 (re-exported)
     format_number,
     frame_to_html,
     frame_to_markdown,
+    markdown_table,
 )
 
 log = logging.getLogger(__name__)
@@ -199,12 +200,12 @@ def tidy_to_markdown(tidy: pd.DataFrame, title: str, caption: str, descriptions:
         lines += [f"## {experiment}", ""]
         if descriptions and experiment in descriptions:
             lines += [descriptions[experiment], ""]
-        lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        rows = []
         for (weight_decay, layer, metric), row_cells in frame.groupby(["weight_decay", "layer", "metric"], sort=False):
             by_phase = row_cells.set_index("phase")
             cells = [format_cell(*by_phase.loc[phase, ["mean", "std", "n_seeds"]]) for phase in PHASES]
-            lines.append("| " + " | ".join([f"{weight_decay:g}", str(layer), str(metric)] + cells) + " |")
-        lines.append("")
+            rows.append([f"{weight_decay:g}", str(layer), str(metric)] + cells)
+        lines += markdown_table(headers, rows) + [""]
     return "\n".join(lines)
 
 

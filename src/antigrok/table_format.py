@@ -7,11 +7,18 @@ import numpy as np
 import pandas as pd
 
 
-def format_number(value) -> str:
-    """Three significant digits; scientific notation only where needed (p-values)."""
-    if value is None or not np.isfinite(value):
+def format_number(value, digits: int = 3) -> str:
+    """``digits`` significant digits; scientific notation only where needed (p-values); "—" for
+    what is missing (None, NaN, pd.NA, infinite)."""
+    if value is None or pd.isna(value) or not np.isfinite(float(value)):
         return "—"
-    return f"{value:.3g}"
+    return f"{float(value):.{digits}g}"
+
+
+def markdown_table(headers, rows) -> list[str]:
+    """The lines of a Markdown table: the header, its rule, one line per row of cell strings."""
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + [
+        "| " + " | ".join(cells) + " |" for cells in rows]
 
 
 def format_cell(mean, std, n_seeds) -> str:
@@ -23,11 +30,8 @@ def format_cell(mean, std, n_seeds) -> str:
 
 def frame_to_markdown(frame: pd.DataFrame, title: str, caption: str) -> str:
     """A plain Markdown table of ``frame`` (floats to three significant digits)."""
-    lines = [f"# {title}", "", caption, "", "| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.shape[1]]
-    for row in frame.itertuples(index=False):
-        cells = [format_number(v) if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = ([format_number(v) if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False))
+    return "\n".join([f"# {title}", "", caption, "", *markdown_table(list(frame.columns), rows)]) + "\n"
 
 
 TABLE_STYLE = """<style>

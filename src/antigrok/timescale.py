@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from antigrok.files import write_atomically
 from antigrok.phases import smoothed_test_acc_at
+from antigrok.table_format import format_number, markdown_table
 from antigrok.summary import RUN_KEYS, average_alpha, read_run_files
 
 TIMESCALE_COLUMNS = [
@@ -116,9 +117,7 @@ def _format(value) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (float, np.floating)):
-        if not np.isfinite(value):
-            return "—"
-        return f"{value:.0f}" if value >= 100 and float(value).is_integer() else f"{value:.3g}"
+        return f"{value:.0f}" if np.isfinite(value) and value >= 100 and float(value).is_integer() else format_number(value)
     return str(value)
 
 
@@ -140,24 +139,15 @@ def timescale_markdown(table: pd.DataFrame, slope: pd.DataFrame) -> str:
         "with a Correlation Trap in any layer; `peak_inside_run`: no if the smoothed maximum is at the last "
         "logged step (the run ended before its peak). — = the run has no such event.",
         "",
-        "| " + " | ".join(shown) + " |",
-        "|" + "---|" * len(shown),
-    ]
-    for row in table.itertuples(index=False):
-        values = row._asdict()
-        lines.append("| " + " | ".join(_format(values[c]) for c in shown) + " |")
-    lines += [
+        *markdown_table(shown, ([_format(row._asdict()[c]) for c in shown] for row in table.itertuples(index=False))),
         "",
         "## Slope of log10(peak_step) against log10(lr)",
         "",
         "Least squares over the runs whose peak lies inside the run. Exact lr x step rescaling gives "
         "slope -1 (10x fewer steps to the peak per 10x lr); a steeper slope compresses more than linearly.",
         "",
-        "| " + " | ".join(SLOPE_COLUMNS) + " |",
-        "|" + "---|" * len(SLOPE_COLUMNS),
+        *markdown_table(SLOPE_COLUMNS, ([_format(v) for v in row] for row in slope.itertuples(index=False))),
     ]
-    for row in slope.itertuples(index=False):
-        lines.append("| " + " | ".join(_format(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 
