@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from antigrok.files import write_atomically
+from antigrok.files import write_text_atomically  # noqa: F401 (importable from here before)
+from antigrok.phases import edges_from_phases  # noqa: F401 (importable from here before)
 from antigrok import runs
 from antigrok.spectral import mp_edges, mp_sigma_of_edge, spectrum_key
 from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha  # noqa: F401 (frame_to_markdown, mean_alpha: re-exported)

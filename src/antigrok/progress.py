@@ -31,6 +31,7 @@ from antigrok.files import write_csv_atomically
 from antigrok.models import build_model, relu_modules
 from antigrok.spectral import layer_name
 from antigrok.loading import read_checkpoint
+from antigrok.loading import read_checkpoint as load_checkpoint  # noqa: F401 (its name here before)
 
 log = logging.getLogger(__name__)
 

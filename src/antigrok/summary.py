@@ -29,6 +29,7 @@ from antigrok.detector import (  # noqa: F401
     FALSE_ALARM_OUTCOMES,
     INTEGER_COLUMNS,
     MAD_TO_SD,
+    _median,
     OUTCOMES,
     SPECTRAL_ALARMS,
     accuracy_at,

@@ -39,6 +39,8 @@ import numpy as np
 import pandas as pd
 
 from antigrok.htsr import DEFAULT_ENGINE, HTSR_COLUMNS, MIN_EVALS, analyze_with_traps, weight_matrices
+from antigrok.htsr import analyze_weights, htsr_table  # noqa: F401 (importable from here before)
+from antigrok.traps import compute_traps  # noqa: F401 (importable from here before)
 from antigrok.detector import SPECTRAL_ALARMS, firing_steps, mean_alpha, spectral_conditions
 
 __all__ = [
