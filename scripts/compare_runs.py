@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from antigrok.phases import smoothed_test_acc_at
+
 EDGES = ("fit_step", "peak_step", "anti_grokking_start_step", "collapse_step")
 
 
@@ -30,8 +32,7 @@ def run_dirs(root: Path) -> dict[str, Path]:
 def edge_values(run_dir: Path) -> dict[str, float]:
     phases = pd.read_csv(run_dir / "phases.csv")
     values = {edge: float(phases[edge].iloc[0]) if edge in phases else math.nan for edge in EDGES}
-    values["peak_test_acc"] = float(phases.loc[phases["step"] == values["peak_step"], "test_acc_smoothed"].iloc[0]) \
-        if not math.isnan(values["peak_step"]) else math.nan
+    values["peak_test_acc"] = smoothed_test_acc_at(phases, values["peak_step"])
     values["final_test_acc"] = float(pd.read_csv(run_dir / "train_log.csv").sort_values("step")["test_acc"].iloc[-1])
     return values
 

@@ -48,6 +48,14 @@ def test_folder_gives_one_row_per_checkpoint_and_layer(checkpoint_dir, tmp_path,
     expected = htsr.analyze_state_dict(checkpoint["model"], seed=2, step=20)
     assert table.loc[table["step"] == 20, "rand_sigma_mp"].tolist() == pytest.approx(
         expected["rand_sigma_mp"].tolist(), rel=1e-12)
+    # and the numbers are WeightWatcher 0.7.5.5's own on those matrices (not the same code path twice)
+    reference = htsr.analyze_state_dict(checkpoint["model"], seed=2, step=20, engine="weightwatcher")
+    rows = table[table["step"] == 20]
+    for column in ("alpha", "rand_sigma_mp", "log_norm"):
+        assert rows[column].tolist() == pytest.approx(reference[column].tolist(), rel=1e-9, nan_ok=True)
+    assert rows["ww_num_traps"].tolist() == reference["ww_num_traps"].tolist()
+    fc2 = checkpoint["model"]["fc2.weight"].numpy()
+    assert rows["log_norm"].iloc[1] == pytest.approx(np.log10(np.sum(fc2**2)), rel=1e-12)
     err = capsys.readouterr().err
     assert "wrote 4 rows" in err
     # the biases of both checkpoints are listed once, with the reason

@@ -35,8 +35,12 @@ def env_requirements(path):
     return found
 
 
-def test_there_are_env_files():
-    assert ENV_FILES, "envs/*.yaml missing"
+def test_every_env_the_rules_name_is_an_env_file():
+    # (was: "there are env files", true of any one file) The rules' conda: paths, relative to
+    # workflow/rules/, must each be a file of envs/ that the tests below check.
+    named = set(re.findall(r'"\.\./\.\./(envs/[\w.-]+\.yaml)"', (REPO / "workflow/rules/common.smk").read_text()))
+    assert named, "workflow/rules/common.smk names no envs/*.yaml"
+    assert {REPO / name for name in named} <= set(ENV_FILES)
 
 
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)

@@ -243,15 +243,25 @@ def test_mp_ks_test_equals_scipys_kstest():
         assert got == (float(reference.statistic), float(reference.pvalue))
 
 
-def test_the_mp_fit_reports_the_shared_bulk_edge_and_tracy_widom_term():
-    """marchenko_pastur_fit and antigrok.traps count with the same formulas (antigrok.spectral)."""
-    for shape in ((60, 150), (12, 50)):
-        rand_evals = np.sort(fs.esd_batch(rng(3).standard_normal(shape)))
+def test_the_mp_fit_reports_the_bulk_edge_and_tracy_widom_term_of_its_sigma():
+    """The edge, Tracy-Widom term and trap count follow from the fitted sigma by WeightWatcher's
+    closed forms (written out here, not through antigrok.spectral, which the fit also uses), and
+    antigrok.traps, which counts through antigrok.spectral, gets the same."""
+    for shape, spike in (((60, 150), 0.0), ((12, 50), 0.0), ((60, 150), 40.0)):
+        weight = rng(3).standard_normal(shape) + spike / np.sqrt(shape[0] * shape[1])  # a mean shift: one trap
+        rand_evals = np.sort(fs.esd_batch(weight))
         N, M = max(shape), min(shape)
+        Q = N / M
         fit = fs.marchenko_pastur_fit(rand_evals, N, M)
+        to_units = np.sum(rand_evals) / len(rand_evals)  # 1 / Wscale^2: rescaled (mean 1) -> eigenvalue units
+        lambda_plus = (fit["rand_sigma_mp"] * (1 + Q**-0.5)) ** 2
+        tw_term = np.sqrt(Q**-0.5 * lambda_plus ** (2 / 3) * M ** (-2 / 3))
+        assert fit["rand_lambda_plus"] == pytest.approx(lambda_plus * to_units, rel=1e-12)
+        assert fit["rand_tw_term"] == pytest.approx(tw_term * to_units, rel=1e-12)
+        assert fit["ww_num_traps"] == int(np.count_nonzero(rand_evals / to_units > lambda_plus + tw_term))
+        assert fit["ww_num_traps"] == (1 if spike else 0)
         cut = spectral.tracy_widom_cutoff(rand_evals, rows=N, cols=M, sigma=fit["rand_sigma_mp"])
         assert (fit["rand_lambda_plus"], fit["rand_tw_term"]) == (cut["lambda_plus"], cut["tw_term"])
-        assert fit["ww_num_traps"] == int(np.count_nonzero(cut["rescaled"] > cut["rescaled_cutoff"]))
 
 
 # --------------------------------------------------------------------------- whole layers
@@ -378,3 +388,25 @@ def test_fast_is_the_default_engine_and_weightwatcher_stays_selectable():
     assert engine["default"] == "fast" and set(engine["enum"]) == set(htsr.ENGINES) == {"weightwatcher", "fast"}
     for config in ("config.yaml", "tests/smoke.yaml"):
         assert yaml.safe_load((REPO / config).read_text())["htsr"]["engine"] == "fast", config
+
+
+def test_an_all_zero_layer_has_no_mp_fit_and_says_why(caplog):
+    # The known degenerate case: a shuffled spectrum of zeros cannot be rescaled to mean 1.
+    with caplog.at_level(logging.WARNING, logger="antigrok.fastspectra"):
+        row = fs.analyze_layer_fast(np.zeros((30, 20)), seed=0, fix_fingers="clip_xmax")
+    assert math.isnan(row["rand_sigma_mp"]) and math.isnan(row["ww_num_traps"])
+    assert "sums to 0.0" in caplog.text
+
+
+def test_an_unexpected_error_in_the_mp_fit_raises_naming_the_layer(monkeypatch):
+    # It was caught (any ValueError) and stored as NaN columns: a bug looked like a missing number.
+    from antigrok import htsr
+
+    def broken_fit(*args, **kwargs):
+        raise ValueError("a bug in the MP fit")
+
+    monkeypatch.setattr(fs, "marchenko_pastur_fit", broken_fit)
+    weight = np.random.default_rng(0).standard_normal((30, 20))
+    with pytest.raises(ValueError, match="a bug in the MP fit") as raised:
+        htsr.analyze_weights({"fc1": weight}, run_seed=0, step=7, engine="fast")
+    assert "layer 'fc1'" in "".join(getattr(raised.value, "__notes__", [])) + str(raised.value)

@@ -335,3 +335,16 @@ def test_checkpoints_serial_and_parallel_give_the_same_files(tmp_path):
     assert all(np.array_equal(stored[key], serial_arrays[key]) for key in serial_arrays)
     numbers = written[NO_MINUS_ONE_COLUMNS].to_numpy(dtype=float)
     assert not np.any(numbers == -1)
+
+
+def test_a_bfloat16_state_dict_is_analysed_at_its_exact_float64_values():
+    # weight_matrices called .numpy() on the tensor: NumPy has no bfloat16, so it raised.
+    import torch
+
+    weight = torch.randn(60, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(torch.bfloat16)
+    exact = weight.to(torch.float64).numpy()
+    matrices = htsr.weight_matrices({"fc.weight": weight, "fc.bias": torch.zeros(60, dtype=torch.bfloat16)})
+    assert list(matrices) == ["fc"] and matrices["fc"].dtype == np.float64
+    np.testing.assert_array_equal(matrices["fc"], exact)
+    row = htsr.analyze_state_dict({"fc.weight": weight}).iloc[0]
+    assert row["log_norm"] == pytest.approx(np.log10(np.sum(exact**2)), rel=1e-12)  # squared Frobenius norm

@@ -43,3 +43,19 @@ def test_each_module_imports_alone_in_a_fresh_interpreter(module):
     result = subprocess.run([sys.executable, "-c", f"import antigrok.{module}"], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_modules_use_each_others_public_names_only():
+    # progress imported train.load_checkpoint (pulling in the training loop) and analyze called
+    # htsr._unanalyzable: each has a public home now (loading.read_checkpoint, htsr.unanalyzable_reason).
+    import ast
+
+    graph = import_graph.import_graph()
+    assert "train" not in graph["progress"]
+    private = []
+    for path in sorted((REPO / "src" / "antigrok").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in set(graph)):
+                private.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert not private, private

@@ -324,3 +324,22 @@ def test_open_model_errors_name_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(loading.ModelFileError, match="empty: folder holds no"):
         loading.open_model(tmp_path / "empty")
+
+
+def test_an_unreadable_npz_array_is_reported_as_unreadable_not_as_unsafe(tmp_path):
+    # Any ValueError of np.load was reported as an unsafe (pickled) file; only the pickle refusal is.
+    import zipfile
+
+    from antigrok.loading import ModelFileError, UnsafeFileError, read_npz_array
+
+    path = tmp_path / "broken.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        header = b"{'descr': '<f8'}".ljust(63) + b"\n"  # an npy header without shape and order
+        archive.writestr("w.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+    with pytest.raises(ModelFileError, match="cannot be read") as raised:
+        read_npz_array(path, "w")
+    assert not isinstance(raised.value, UnsafeFileError)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(UnsafeFileError, match="refused"):
+        read_npz_array(pickled, "w")

@@ -132,9 +132,21 @@ def test_monitor_rows_equal_analyze_state_dict(tmp_path, background):
     with SpectralMonitor(model, every_n_steps=3, csv_path=tmp_path / "m.csv", seed=7, background=background) as monitor:
         train_steps(model, monitor, 3)
         expected = analyze_state_dict(model.state_dict(), seed=7, step=3)  # the weights of step 3
+        weights = {name: model.get_submodule(name).weight.detach().double().numpy().copy() for name in ("fc1", "fc2")}
         train_steps(model, monitor, 2)
     rows = monitor.history[monitor.history.step == 3]
     pd.testing.assert_frame_equal(comparable(rows[HTSR_COLUMNS + ["num_traps", "num_traps_centered"]]), comparable(expected))
+    # The numbers themselves, independently: norms from NumPy's SVD of the step-3 weights, alpha and
+    # the trap count from WeightWatcher 0.7.5.5 itself on the same matrices and seeds.
+    by_layer = rows.set_index("layer")
+    reference = analyze_state_dict({f"{n}.weight": w for n, w in weights.items()}, seed=7, step=3,
+                                   engine="weightwatcher").set_index("layer")
+    for name, weight in weights.items():
+        squared = np.linalg.svd(weight, compute_uv=False) ** 2
+        assert by_layer.loc[name, "log_norm"] == pytest.approx(np.log10(squared.sum()), rel=1e-12)
+        assert by_layer.loc[name, "log_spectral_norm"] == pytest.approx(np.log10(squared.max()), rel=1e-12)
+        assert by_layer.loc[name, "alpha"] == pytest.approx(reference.loc[name, "alpha"], rel=1e-9, nan_ok=True)
+        assert by_layer.loc[name, "num_traps"] == reference.loc[name, "num_traps"]
     written = pd.read_csv(tmp_path / "m.csv")
     assert written.columns.tolist() == MONITOR_COLUMNS
     assert written.step.tolist() == [3, 3]  # step 5 is not a multiple of 3

@@ -84,5 +84,21 @@ def test_write_timescale_outputs(tmp_path):
     write_timescale(paths["train_log"], paths["phases"], paths["htsr"], paths["traps"], lrs,
                     {name: ["fc1", "fc2"] for name in lrs}, 2.0, outputs)
     assert pd.read_csv(outputs["table_csv"])["lr"].tolist() == [5e-3, 1e-2]
-    assert "Slope of log10(peak_step)" in outputs["table_md"].read_text()
+    assert "Slope of log10(peak_step)" in outputs["table_md"].read_text(encoding="utf-8")
     assert outputs["figure_png"].read_bytes()[:4] == b"\x89PNG" and outputs["figure_pdf"].stat().st_size > 1000
+    # The titles name the experiments of the config, not the MNIST MLP whatever ran.
+    markdown = outputs["table_md"].read_text(encoding="utf-8")
+    assert "experiments mnist_lr0.005, mnist_lr0.01," in markdown and "MNIST MLP" not in markdown
+
+
+def test_timescale_markdown_is_utf8_whatever_the_locale(tmp_path):
+    # write_text without an encoding used the locale's: under an ASCII locale the "—" raised.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             f"{__file__}::test_write_timescale_outputs"], env=env, capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]

@@ -47,11 +47,22 @@ def spectra_files(tmp_path_factory):
     return folder
 
 
-def test_scale_one_equals_weightwatchers_count_exactly(spectra_files):
+@pytest.fixture(scope="module")
+def weightwatcher_counts(spectra_files):
+    """WeightWatcher 0.7.5.5's own trap counts (its rand_num_spikes) of the same checkpoints, same seeds."""
+    table, _ = htsr.analyze_checkpoints(spectra_files / "checkpoints", run_seed=4, engine="weightwatcher",
+                                        progress=False)
+    return dict(zip(zip(table["step"], table["layer"]), table["ww_num_traps"].tolist()))
+
+
+def test_scale_one_equals_weightwatchers_count_exactly(spectra_files, weightwatcher_counts):
+    # The spectra are the fast engine's (the default); the counts must be WeightWatcher's, which
+    # ran on the same matrices: not the fast engine compared with itself.
     table = traps.write_traps(spectra_files / "htsr.csv", spectra_files / "spectra.npz",
                               spectra_files / "traps.csv", tracy_widom_scale=1.0)
     assert list(table.columns) == traps.TRAPS_COLUMNS
     stats = htsr.read_htsr(spectra_files / "htsr.csv")
+    assert [weightwatcher_counts[key] for key in zip(table["step"], table["layer"])] == table["num_traps"].tolist()
     assert table["num_traps"].tolist() == stats["ww_num_traps"].tolist()
     counts = dict(zip(zip(table["step"], table["layer"]), table["num_traps"]))
     assert counts[(0, "plain")] == 0 and counts[(0, "spike")] == 1 and counts[(0, "heavy")] > 1

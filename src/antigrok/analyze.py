@@ -23,15 +23,11 @@ import pandas as pd
 
 from antigrok import htsr
 from antigrok.loading import ModelSource, TensorRef
+from antigrok.spectral import layer_name  # noqa: F401 (re-exported)
 
 ALPHA_CRITICAL = 2.0  # htsr.alpha_critical: alpha below it is over-correlated (the paper's threshold)
 SKIPPED_COLUMNS = ["path", "tensor", "shape", "dtype", "reason"]
 NOT_SELECTED = "not matched by --layers"
-
-
-def layer_name(tensor_name: str) -> str:
-    """``fc1.weight`` -> ``fc1``: the layer column of htsr.csv."""
-    return tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
 
 
 def skip_reason(ref: TensorRef, layers: re.Pattern | None = None) -> str:
@@ -46,7 +42,7 @@ def skip_reason(ref: TensorRef, layers: re.Pattern | None = None) -> str:
         return f"{len(ref.shape)}-D tensor (bias, norm, ...): only 2-D weight matrices are analysed"
     if len(ref.shape) > 2:
         return f"{len(ref.shape)}-D tensor: only 2-D weight matrices are analysed"
-    reason = htsr._unanalyzable(ref.shape)
+    reason = htsr.unanalyzable_reason(ref.shape)
     return f"shape {ref.shape[0]}x{ref.shape[1]} {reason}" if reason else ""
 
 
@@ -76,8 +72,6 @@ def analyze_model(source: ModelSource, *, seed: int | None = None, layers: re.Pa
     every 2-D floating tensor, embeddings included). ``on_tensor(ref, analysed)`` is called after each
     tensor (progress bars).
     """
-    from antigrok.traps import compute_traps
-
     if isinstance(layers, str):
         layers = re.compile(layers)
     run_seed = seed if seed is not None else (source.seed or 0)
@@ -93,11 +87,10 @@ def analyze_model(source: ModelSource, *, seed: int | None = None, layers: re.Pa
             skipped.append(_skipped_row(source, ref, reason))
         else:
             layer = layer_name(ref.name)
-            layer_rows, spectra = htsr.analyze_weights({layer: weight}, run_seed=run_seed, step=step,
-                                                       fix_fingers=fix_fingers, engine=engine)
+            table, traps = htsr.analyze_with_traps({layer: weight}, run_seed=run_seed, step=step,
+                                                   fix_fingers=fix_fingers, engine=engine)
             del weight  # the next tensor is read only after this one is freed
-            traps = compute_traps(htsr.htsr_table(layer_rows), spectra, tracy_widom_scale=1.0)
-            rows.append({**layer_rows[0], "num_traps": traps["num_traps"].iloc[0], "stored_dtype": ref.dtype})
+            rows.append({**table.iloc[0].to_dict(), "num_traps": traps["num_traps"].iloc[0], "stored_dtype": ref.dtype})
         if on_tensor is not None:
             on_tensor(ref, not reason)
     table = htsr.htsr_table(rows)

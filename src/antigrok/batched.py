@@ -3,8 +3,10 @@
 The R runs' parameters are stacked along a leading run axis (weights ``[R, out, in]``, biases
 ``[R, out]``) and a step is a handful of batched matrix products (``torch.baddbmm``/``torch.bmm``)
 with a hand-written backward pass. It performs, per run, the very operations autograd performs
-for that run alone in ``antigrok.train.train_run`` (same kernels, same operand layouts), so on CPU
-the trajectories are bit-identical to separate runs. Each run keeps its own init
+for that run alone in ``antigrok.train.train_run(..., cpu_engine="plain")`` (same kernels, same
+operand layouts), so on CPU the trajectories are bit-identical to separate plain runs. train_run's
+default ``cpu_engine="fast"`` (antigrok.fast_mlp_step) equals the plain step to rounding only, so
+batched and default single runs agree to rounding, not bit for bit. Each run keeps its own init
 (``build_model(seed=run seed)``) and its own batch order (``BatchOrder`` of its seed). AdamW is
 ``torch.optim.AdamW`` applied to the stacks: it is elementwise, so each run's update depends on
 its own gradients and moments only.
@@ -434,7 +436,8 @@ def train_runs(specs: list[RunSpec], dataset: dict, run_dirs: list[str | Path], 
     """Train the runs ``specs`` (the seeds of one experiment and weight decay) together.
 
     Writes each run's checkpoints and train_log.csv under its ``run_dirs`` entry exactly as
-    ``train_run`` would (the same loop, ``antigrok.train.run_loop``), and returns their train
+    ``train_run(..., cpu_engine="plain")`` would on CPU (the same loop, ``antigrok.train.run_loop``;
+    the default fast engine agrees to rounding only), and returns their train
     logs. A group that was interrupted continues from its resume state (refreshed at most every
     ``resume_every_s`` seconds, between steps) and writes bit-identical files on CPU. Raises
     NonFiniteLossError naming the first diverged run and the step; then no run has a

@@ -604,9 +604,7 @@ def nelder_mead_1d(func, x0: float, xatol: float = 1e-4, fatol: float = 1e-4, ma
                     sim[1], fsim[1] = xe, fxe
                 else:
                     sim[1], fsim[1] = xr, fxr
-            elif fxr < fsim[0]:  # fsim[-2] is fsim[0] for one variable
-                sim[1], fsim[1] = xr, fxr
-            else:
+            else:  # (scipy's "elif fxr < fsim[-2]" is the branch above for one variable: fsim[-2] is fsim[0])
                 shrink = False
                 if fxr < fsim[1]:
                     xc = 1.5 * xbar - 0.5 * sim[1]
@@ -639,6 +637,8 @@ def marchenko_pastur_fit(rand_evals: np.ndarray, N: int, M: int) -> dict:
     rand_lambda_plus, rand_tw_term, rand_tw_cutoff (units of rand_evals) and ww_num_traps.
     """
     Q = N / M
+    if not np.sum(rand_evals) > 0:  # an all-zero W: nothing to rescale (WeightWatcher's fit fails too)
+        raise FitFailed(f"MP fit: the shuffled spectrum sums to {np.sum(rand_evals)}, not a positive number")
     to_plot, Wscale = rescale_like_weightwatcher(rand_evals)
 
     # fit_density_with_range: brute over the grid, first minimum, then fmin
@@ -691,7 +691,7 @@ def layer_columns(evals: np.ndarray, rand_evals: np.ndarray, shape: Sequence[int
     row["max_rand_eval"] = float(np.max(rand_evals))
     try:
         mp = marchenko_pastur_fit(rand_evals, N, M)
-    except (FitFailed, ValueError, FloatingPointError) as error:
+    except FitFailed as error:  # the known degenerate spectra; any other error is a bug and raises
         log.warning("MP fit of the shuffled spectrum of a %s matrix failed: %s", tuple(shape), error)
         mp = dict.fromkeys(["rand_sigma_mp", "rand_lambda_plus", "rand_tw_term", "rand_tw_cutoff",
                             "ww_num_traps"], math.nan)

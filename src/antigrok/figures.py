@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,24 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from antigrok.files import write_atomically, write_text_atomically
-from antigrok.phases import edges_from_phases
-from antigrok.spectral import mp_edges, mp_sigma_of_edge
-from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha
+from antigrok.files import write_atomically
+from antigrok.files import write_text_atomically  # noqa: F401 (importable from here before)
+from antigrok.phases import edges_from_phases  # noqa: F401 (importable from here before)
+from antigrok import runs
+from antigrok.spectral import mp_edges, mp_sigma_of_edge, spectrum_key
+from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha  # noqa: F401 (frame_to_markdown, mean_alpha: re-exported)
+from antigrok.summary import OUTCOMES as DETECTOR_OUTCOMES
+from antigrok.summary import average_alpha as average_alpha_of_runs
+# The table writers live with the tables (antigrok.summary); re-exported where they lived before.
+from antigrok.summary import (  # noqa: F401
+    PHASE_EDGE_COLUMNS,
+    RUN_PATH,
+    TABLE_STYLE,
+    frame_to_html,
+    phase_edges,
+    write_phase_edges,
+    write_table_html,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +179,14 @@ def phase_handles(drawn: set[str], phases: pd.DataFrame | None) -> list[Patch]:
     ]
 
 
+def _style_panel(ax, title: str, ylabel: str) -> None:
+    """One panel of a stack over the step axis: its label, title, grid, the shared step axis."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.grid(alpha=0.3)
+    set_step_axis(ax, label=False)
+
+
 def _seed_count(*frames: pd.DataFrame | None) -> int:
     return max((frame["seed"].nunique() for frame in frames if frame is not None and "seed" in frame), default=0)
 
@@ -217,9 +238,9 @@ def average_alpha(htsr: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
     """Per (seed, step): the mean alpha over ``layers``, as Table 1 and the alarms average it
     (antigrok.summary.mean_alpha: NaN where any listed layer's fit failed or is missing, so an
     average is always over the same layers; the seed statistics then skip it)."""
-    frames = [mean_alpha(frame, layers, "htsr.average_layers").reset_index().assign(seed=seed)
-              for seed, frame in htsr.groupby("seed", sort=True)]
-    return pd.concat(frames, ignore_index=True)[["seed", "step", "alpha"]]
+    # antigrok.summary.average_alpha over the seeds of the one experiment and weight decay a figure shows
+    one_experiment = htsr.sort_values("seed", kind="stable").assign(experiment="", weight_decay=0.0)
+    return average_alpha_of_runs(one_experiment, {"": list(layers)})[["seed", "step", "alpha"]]
 
 
 def plot_alpha(
@@ -251,10 +272,7 @@ def plot_alpha(
         label = f"mean α of {', '.join(present)}" if name == "average" else f"α of {name}"
         line = plot_seed_band(ax, frame, "alpha", "#1f77b4", "α (seed mean)")
         critical = ax.axhline(alpha_critical, color="#d62728", ls="--", lw=1.2, label=f"α = {alpha_critical:g} (critical)")
-        ax.set_ylabel("α (PL exponent)")
-        ax.set_title(label, fontsize=10, loc="left")
-        ax.grid(alpha=0.3)
-        set_step_axis(ax, label=False)
+        _style_panel(ax, label, "α (PL exponent)")
     axes[-1].set_xlabel(STEP_LABEL)
     fig.suptitle(title, fontsize=11)
     band = Patch(color="#1f77b4", alpha=0.2, label="min-max over seeds")
@@ -285,10 +303,7 @@ def plot_progress(progress: pd.DataFrame, phases: pd.DataFrame | None, title: st
     for ax, (column, panel_title, ylabel), color in zip(axes, panels, colors):
         drawn |= shade_phases(ax, phases)
         handles.append(plot_seed_band(ax, progress, column, color, panel_title.split(" (")[0]))
-        ax.set_ylabel(ylabel)
-        ax.set_title(panel_title, fontsize=10, loc="left")
-        ax.grid(alpha=0.3)
-        set_step_axis(ax, label=False)
+        _style_panel(ax, panel_title, ylabel)
     axes[-1].set_xlabel(STEP_LABEL)
     fig.suptitle(title, fontsize=11)
     band = Patch(color="grey", alpha=0.25, label="min-max over seeds")
@@ -514,6 +529,10 @@ FIGURE_OUTCOME = {
     "missed": "missed",
     "quiet": "quiet",
 }
+# One list of outcomes (antigrok.detector's): an outcome added there must get a group here.
+if set(FIGURE_OUTCOME) != set(DETECTOR_OUTCOMES):
+    raise RuntimeError(f"figures.FIGURE_OUTCOME groups {sorted(FIGURE_OUTCOME)}, the detector's outcomes are "
+                       f"{sorted(DETECTOR_OUTCOMES)}: give every detector outcome a figure group")
 
 
 def alarm_outcome(row: pd.Series) -> str:
@@ -588,19 +607,19 @@ def plot_detector_leads(detectors: pd.DataFrame, title: str) -> Figure:
 
 
 def seed_of(path: str | Path) -> int:
-    """The seed of a run file from its directory name (…/seed{seed}/file)."""
-    match = re.fullmatch(r"seed(\d+)", Path(path).parent.name)
-    if not match:
-        raise FigureDataError(f"{path} is not under a run directory named seed<N>; expected RUN_DIR/<file>")
-    return int(match.group(1))
+    """The seed of a run file from its directory name (…/seed{seed}/file): antigrok.runs.seed_of."""
+    try:
+        return runs.seed_of(path)
+    except ValueError as error:
+        raise FigureDataError(str(error)) from None
 
 
 def read_run_tables(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Concatenate one CSV per run (all seeds of one experiment and weight decay), adding ``seed``."""
-    frames = [pd.read_csv(path).assign(seed=seed_of(path)) for path in paths]
-    if not frames:
-        raise FigureDataError("no run files given")
-    return pd.concat(frames, ignore_index=True)
+    try:
+        return runs.read_seed_files(paths)
+    except ValueError as error:
+        raise FigureDataError(str(error)) from None
 
 
 def _by_seed(paths: Sequence[str | Path]) -> dict[int, Path]:
@@ -609,7 +628,7 @@ def _by_seed(paths: Sequence[str | Path]) -> dict[int, Path]:
 
 def load_spectrum(npz, htsr: pd.DataFrame, layer: str, step: int, rand: bool, traps: pd.DataFrame | None = None) -> Spectrum:
     """One Spectrum from a run's spectra.npz (opened) and htsr.csv (and traps.csv) frames."""
-    key = f"{'rand_evals' if rand else 'evals'}/{layer}/{int(step):09d}"
+    key = spectrum_key("rand_evals" if rand else "evals", layer, step)
     if key not in npz:
         raise FigureDataError(f"spectra.npz has no array {key!r}; rerun the spectra rule for this run")
     fit = _row(htsr, layer, step, "htsr.csv")
@@ -717,74 +736,3 @@ def detector_figure_from_files(detectors, experiment, weight_decay, outputs) -> 
     frame = frame[(frame["experiment"] == experiment) & np.isclose(frame["weight_decay"].astype(float), float(weight_decay))]
     title = f"Early-warning alarms, lead time before the collapse\n{experiment}, weight decay {weight_decay} ({frame['seed'].nunique()} seeds)"
     save_figure(plot_detector_leads(frame, title), outputs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Report helpers: tables as HTML pages (the report shows HTML inline, CSV only as a download)
-
-TABLE_STYLE = """<style>
-body { font-family: sans-serif; font-size: 13px; margin: 1em; }
-table { border-collapse: collapse; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th { background: #f2f2f2; }
-tr:nth-child(even) td { background: #fafafa; }
-</style>"""
-
-
-def frame_to_html(frame: pd.DataFrame, title: str, note: str = "") -> str:
-    """A standalone HTML page holding ``frame`` as a table (NaN shown as an empty cell)."""
-    table = frame.to_html(index=False, na_rep="", float_format=lambda value: f"{value:.4g}", border=0)
-    paragraph = f"<p>{note}</p>" if note else ""
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>{TABLE_STYLE}</head>" f"<body><h3>{title}</h3>{paragraph}{table}</body></html>\n"
-
-
-def write_table_html(csv_path: str | Path, html_path: str | Path, title: str) -> None:
-    """results/tables/<name>.csv as an HTML page for the report."""
-    frame = pd.read_csv(csv_path)
-    write_text_atomically(html_path, frame_to_html(frame, title, f"{len(frame)} rows, from {Path(csv_path).name}"))
-    log.info("wrote %s (%d rows)", html_path, len(frame))
-
-
-RUN_PATH = re.compile(r"(?P<experiment>[^/]+)/wd(?P<weight_decay>[^/]+)/seed(?P<seed>\d+)/[^/]+$")
-PHASE_EDGE_COLUMNS = ["fit_step", "grokking_start_step", "peak_step", "anti_grokking_start_step", "collapse_step",
-                      "groks", "collapses"]
-
-
-def phase_edges(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per run: its phase edges from phases.csv, the peak and the final test accuracy."""
-    rows = []
-    for path in paths:
-        match = RUN_PATH.search(Path(path).as_posix())
-        if not match:
-            raise FigureDataError(f"{path} is not RUN_DIR/phases.csv (…/<experiment>/wd<weight decay>/seed<seed>/)")
-        phases = pd.read_csv(path).sort_values("step")
-        edges = edges_from_phases(phases)
-        smoothed = "test_acc_smoothed" if "test_acc_smoothed" in phases else "test_acc"
-        at_peak = phases.loc[phases["step"] == edges.peak_step, smoothed]
-        rows.append(
-            {
-                "experiment": match["experiment"],
-                "weight_decay": float(match["weight_decay"]),
-                "seed": int(match["seed"]),
-                **{column: np.nan if getattr(edges, column) is None else getattr(edges, column)
-                   for column in PHASE_EDGE_COLUMNS},
-                "peak_test_acc_smoothed": at_peak.iloc[0] if len(at_peak) else np.nan,
-                "final_test_acc": phases["test_acc"].iloc[-1] if "test_acc" in phases else np.nan,
-            }
-        )
-    return pd.DataFrame(rows).sort_values(["experiment", "weight_decay", "seed"], ignore_index=True)
-
-
-def write_phase_edges(paths: Sequence[str | Path], csv_path: str | Path, html_path: str | Path,
-                      md_path: str | Path | None = None) -> None:
-    """results/tables/phase_edges.csv, .html (and .md): the phase edges of every run, written atomically."""
-    edges = phase_edges(paths)
-    note = ("Steps at which each run fits its train set, starts grokking, peaks, starts its decline "
-            "(anti-grokking) and crosses peak - phases.collapse_drop (collapse_step); empty: never.")
-    texts = {csv_path: edges.to_csv(index=False),
-             html_path: frame_to_html(edges.convert_dtypes(), "Phase edges per run", note)}
-    if md_path is not None:
-        texts[md_path] = frame_to_markdown(edges.astype(object).where(edges.notna(), "—"), "Phase edges per run", note)
-    for path, text in texts.items():
-        write_text_atomically(path, text)
-    log.info("wrote %s (%d runs)", ", ".join(map(str, texts)), len(edges))

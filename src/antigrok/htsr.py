@@ -74,7 +74,8 @@ MP KS test (Appendix D; not in WeightWatcher)
     ``mp_ks_pvalue``. Same units as the fit, so sigma is WeightWatcher's.
 
 WeightWatcher prints at import and installs a root logging handler and an "ignore all"
-warnings filter; ``_weightwatcher()`` imports it lazily and undoes both. Its own log
+warnings filter; ``_weightwatcher()`` (antigrok.weightwatcher_engine, the WeightWatcher engine
+and its size limits) imports it lazily and undoes both. Its own log
 records are captured per call (they give the reason of a failed fit). The global NumPy RNG
 state of the caller is restored after every layer. Not thread-safe (global RNG, stdout):
 parallelism is across processes.
@@ -82,14 +83,10 @@ parallelism is across processes.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import logging
 import math
 import os
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -99,9 +96,10 @@ import pandas as pd
 
 from antigrok.fastspectra import analyze_layer_fast, centered_random_esd
 from antigrok.files import write_csv_atomically
-from antigrok.loading import read_checkpoint
+from antigrok.loading import read_checkpoint, to_float64
 from antigrok.spectral import (  # noqa: F401 (mp_edges, mp_cdf, load_spectra, read_htsr: re-exported)
     CENTERED_RAND_EVALS,
+    layer_name,
     layer_seed,
     load_spectra,
     mp_cdf,
@@ -113,16 +111,27 @@ from antigrok.spectral import (  # noqa: F401 (mp_edges, mp_cdf, load_spectra, r
     tracy_widom_cutoff,
 )
 from antigrok.traps import compute_traps
+from antigrok.weightwatcher_engine import (  # noqa: F401 (re-exported: htsr's names before the split)
+    _GENERIC_FAILURE_MESSAGES,
+    MAX_EVALS,
+    MAX_N,
+    MIN_EVALS,
+    _check_weight,
+    _finite_or_nan,
+    _layer_result,
+    _RecordHandler,
+    _recording_watcher_class,
+    _unanalyzable,
+    _weightwatcher,
+    analyze_layer_ww,
+    unanalyzable_reason,
+)
 
 # The fast engine gives WeightWatcher's numbers (tests/test_fastspectra.py), >100x faster.
 DEFAULT_ENGINE = "fast"
 log = logging.getLogger(__name__)
 
 ENGINES = ("weightwatcher", "fast")
-# WeightWatcher skips matrices outside these sizes (its min_evals, max_evals, max_N defaults).
-MIN_EVALS = 10
-MAX_EVALS = 15000
-MAX_N = 50000
 
 # The columns of htsr.csv, in order (defined in docs/results.md, "htsr.csv").
 HTSR_COLUMNS = [
@@ -133,199 +142,6 @@ HTSR_COLUMNS = [
 ]
 # What analyze_layer returns, whichever engine: the per-layer columns and the two spectra.
 LAYER_KEYS = [c for c in HTSR_COLUMNS if c not in ("step", "layer", "analysis_seconds")] + ["evals", "rand_evals"]
-
-_WW_MODULE = None
-# WeightWatcher's messages that say a fit failed but not why.
-_GENERIC_FAILURE_MESSAGES = {"power law fit failed", "power law fit failed, will still attempt plots"}
-
-
-# ----------------------------------------------------------------------------- WeightWatcher
-
-
-def _weightwatcher():
-    """The weightwatcher module, imported once without touching logging, warnings or stdout.
-
-    At import it calls ``logging.basicConfig`` (a root handler), ``warnings.simplefilter
-    ("ignore")`` and logs to stderr; all of that is undone or captured here.
-    """
-    global _WW_MODULE
-    if _WW_MODULE is not None:
-        return _WW_MODULE
-    ww_logger = logging.getLogger("weightwatcher")
-    ww_logger.propagate = False  # its records never reach the root logger (job logs stay clean)
-    if not any(isinstance(h, logging.NullHandler) for h in ww_logger.handlers):
-        ww_logger.addHandler(logging.NullHandler())  # and never Python's last-resort stderr handler
-    root = logging.getLogger()
-    root_handlers, root_level = root.handlers[:], root.level
-    mpl_logger = logging.getLogger("matplotlib")
-    mpl_level = mpl_logger.level
-    sink = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            import weightwatcher
-    finally:
-        root.handlers[:] = root_handlers
-        root.setLevel(root_level)
-        mpl_logger.setLevel(mpl_level)
-    if weightwatcher.__version__ != "0.7.5.5":
-        log.warning("weightwatcher %s is installed; the paper and these numbers use 0.7.5.5",
-                    weightwatcher.__version__)
-    log.debug("imported weightwatcher %s; its import output: %r", weightwatcher.__version__, sink.getvalue())
-    _WW_MODULE = weightwatcher
-    return weightwatcher
-
-
-class _RecordHandler(logging.Handler):
-    """Keeps WeightWatcher's warnings of one call (the reason a fit failed)."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@functools.lru_cache(maxsize=1)
-def _recording_watcher_class(weightwatcher):
-    """A WeightWatcher that keeps the eigenvalues and randomized eigenvalues it computes.
-
-    analyze() does not return them; recording them is exact where recomputing is not.
-    """
-
-    class RecordingWatcher(weightwatcher.WeightWatcher):
-        recorded: dict = {}
-
-        def apply_esd(self, ww_layer, params=None):
-            result = super().apply_esd(ww_layer, params)
-            self.recorded["evals"] = np.array(ww_layer.evals, dtype=np.float64)
-            return result
-
-        def apply_random_esd(self, ww_layer, params=None):
-            result = super().apply_random_esd(ww_layer, params)
-            self.recorded["rand_evals"] = np.array(ww_layer.rand_evals, dtype=np.float64)
-            return result
-
-    return RecordingWatcher
-
-
-def _unanalyzable(shape) -> str:
-    """Why WeightWatcher would skip a matrix of this shape ("" if it analyzes it)."""
-    if min(shape) < MIN_EVALS:
-        return f"has fewer than {MIN_EVALS} eigenvalues; WeightWatcher does not analyze it"
-    if min(shape) > MAX_EVALS or max(shape) > MAX_N:
-        return (f"is larger than WeightWatcher analyzes (min dimension <= {MAX_EVALS}, "
-                f"max dimension <= {MAX_N})")
-    return ""
-
-
-def _check_weight(weight) -> np.ndarray:
-    weight = np.asarray(weight)
-    if weight.ndim != 2:
-        raise ValueError(f"expected a 2-D weight matrix, got shape {weight.shape}")
-    reason = _unanalyzable(weight.shape)
-    if reason:
-        raise ValueError(f"weight of shape {weight.shape} {reason}")
-    weight = weight.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(weight)):
-        raise ValueError(f"weight of shape {weight.shape} has NaN or infinite entries")
-    return weight
-
-
-def _finite_or_nan(value) -> float:
-    """WeightWatcher's -1 (not computed / failed) and non-finite values as NaN."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return value if math.isfinite(value) and value != -1 else math.nan
-
-
-def analyze_layer_ww(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax") -> dict:
-    """One layer through WeightWatcher 0.7.5.5 with the global NumPy RNG seeded by ``seed``.
-
-    ``weight`` (out, in) as torch stores it. Returns the keys of ``LAYER_KEYS``.
-    """
-    weight = _check_weight(weight)
-    watcher_class = _recording_watcher_class(_weightwatcher())
-    ww_logger = logging.getLogger("weightwatcher")
-    recorder = _RecordHandler()
-    ww_logger.addHandler(recorder)
-    rng_state = np.random.get_state()
-    stdout = io.StringIO()
-    try:
-        np.random.seed(seed)
-        watcher = watcher_class(model={"W.weight": weight})
-        watcher.recorded = {}
-        with warnings.catch_warnings(), contextlib.redirect_stdout(stdout):
-            warnings.simplefilter("ignore")  # log10(0) and friends on degenerate spectra: NaN follows
-            details = watcher.analyze(randomize=True, fix_fingers=fix_fingers or False, plot=False,
-                                      savefig=False)
-    finally:
-        np.random.set_state(rng_state)
-        ww_logger.removeHandler(recorder)
-    if stdout.getvalue():
-        log.debug("weightwatcher printed: %s", stdout.getvalue().strip())
-    if len(details) != 1:
-        raise RuntimeError(f"WeightWatcher analyzed {len(details)} layers of a {weight.shape} matrix, expected 1")
-    row = details.iloc[0]
-    return _layer_result(row, watcher.recorded, fix_fingers, recorder.messages)
-
-
-def _layer_result(row: pd.Series, recorded: dict, fix_fingers, messages: list[str]) -> dict:
-    N, M = int(row["N"]), int(row["M"])
-    alpha = _finite_or_nan(row.get("alpha"))
-    fit_ok = row.get("status") == "success" and math.isfinite(alpha)
-    if fit_ok:
-        fit_status = "ok"
-    else:
-        reasons = [m for m in messages if m.lower() not in _GENERIC_FAILURE_MESSAGES]
-        reason = "; ".join(dict.fromkeys(reasons)) or "no reason given"
-        fit_status = f"failed: WeightWatcher's power-law fit failed ({reason})"
-
-    def fit_value(key):
-        return _finite_or_nan(row.get(key)) if fit_ok else math.nan
-
-    evals = recorded["evals"]
-    rand_evals = recorded.get("rand_evals", np.array([]))
-    sigma = _finite_or_nan(row.get("rand_sigma_mp"))
-    if math.isfinite(sigma) and len(rand_evals):
-        cut = tracy_widom_cutoff(rand_evals, rows=N, cols=M, sigma=sigma)
-        tw_term, lambda_plus = cut["tw_term"], _finite_or_nan(row.get("rand_bulk_max"))
-        ww_traps = int(row["rand_num_spikes"])
-    else:
-        log.warning("MP fit of the randomized ESD failed (%s); its columns are NaN", "; ".join(messages) or "no reason given")
-        tw_term = lambda_plus = math.nan
-        ww_traps = math.nan
-    ks_stat, ks_pvalue = mp_ks_test(rand_evals, N, M, sigma)
-    clipped = fix_fingers == "clip_xmax"
-    return {
-        "rows": N,
-        "cols": M,
-        "num_evals": int(row["num_evals"]),
-        "alpha": alpha if fit_ok else math.nan,
-        "raw_alpha": fit_value("raw_alpha") if clipped else (alpha if fit_ok else math.nan),
-        "num_fingers": int(row["num_fingers"]) if clipped and fit_ok else (0 if fit_ok else math.nan),
-        "xmin": fit_value("xmin"),
-        "xmax": fit_value("xmax"),
-        "pl_ks_distance": fit_value("D"),
-        "num_pl_spikes": int(row["num_pl_spikes"]) if fit_ok else math.nan,
-        "alpha_weighted": fit_value("alpha_weighted"),
-        "log_norm": _finite_or_nan(row.get("log_norm")),
-        "log_spectral_norm": _finite_or_nan(row.get("log_spectral_norm")),
-        "stable_rank": _finite_or_nan(row.get("stable_rank")),
-        "fit_status": fit_status,
-        "rand_sigma_mp": sigma,
-        "rand_lambda_plus": lambda_plus,
-        "rand_tw_term": tw_term,
-        "rand_tw_cutoff": lambda_plus + tw_term,
-        "max_rand_eval": _finite_or_nan(row.get("max_rand_eval")),
-        "mp_ks_stat": ks_stat,
-        "mp_ks_pvalue": ks_pvalue,
-        "ww_num_traps": ww_traps,
-        "evals": evals,
-        "rand_evals": rand_evals,
-    }
 
 
 # Columns where WeightWatcher's convention writes -1 for "failed / not computed".
@@ -376,18 +192,25 @@ def weight_matrices(state_dict: Mapping) -> dict[str, np.ndarray]:
     """
     matrices = {}
     for key, value in state_dict.items():
-        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-        if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
-            if array.ndim > 2:
-                log.info("skipping %s: a %d-D tensor (only 2-D weight matrices are analyzed)", key, array.ndim)
+        shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+        if len(shape) != 2 or not _is_floating(value):
+            if len(shape) > 2:
+                log.info("skipping %s: a %d-D tensor (only 2-D weight matrices are analyzed)", key, len(shape))
             continue
-        reason = _unanalyzable(array.shape)
+        reason = unanalyzable_reason(shape)
         if reason:
-            log.info("skipping %s: shape %s %s", key, tuple(array.shape), reason)
+            log.info("skipping %s: shape %s %s", key, shape, reason)
             continue
-        name = key[: -len(".weight")] if key.endswith(".weight") else key
-        matrices[name] = array.astype(np.float64)
+        # to_float64 reads every float dtype (bfloat16 has no NumPy type); the copy keeps the
+        # matrices from changing when training goes on (the monitor's snapshots).
+        matrices[layer_name(key)] = to_float64(value).copy()
     return matrices
+
+
+def _is_floating(value) -> bool:
+    if hasattr(value, "is_floating_point"):
+        return bool(value.is_floating_point())
+    return bool(np.issubdtype(np.asarray(value).dtype, np.floating))
 
 
 def analyze_weights(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: int, fix_fingers="clip_xmax",
@@ -396,8 +219,13 @@ def analyze_weights(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: 
     rows, arrays = [], {}
     for layer, weight in matrices.items():
         start = time.perf_counter()
-        result = analyze_layer(weight, seed=layer_seed(run_seed, step, layer), fix_fingers=fix_fingers,
-                               engine=engine)
+        try:
+            result = analyze_layer(weight, seed=layer_seed(run_seed, step, layer), fix_fingers=fix_fingers,
+                                   engine=engine)
+        except Exception as error:  # keeps its type (callers catch ValueError), says which layer
+            if hasattr(error, "add_note"):  # Python >= 3.11
+                error.add_note(f"while analysing layer {layer!r} (shape {tuple(np.shape(weight))}) at step {step}")
+            raise
         seconds = time.perf_counter() - start
         arrays[spectrum_key("evals", layer, step)] = np.sort(np.asarray(result["evals"], dtype=np.float64))
         arrays[spectrum_key("rand_evals", layer, step)] = np.sort(np.asarray(result["rand_evals"], dtype=np.float64))
@@ -419,6 +247,16 @@ def htsr_table(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
+def analyze_with_traps(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: int, fix_fingers="clip_xmax",
+                       engine: str = DEFAULT_ENGINE, tracy_widom_scale: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The htsr.csv table of ``matrices`` at (run seed, step), as the ``spectra`` rule computes
+    it, and their traps.csv rows, counted as the ``traps`` rule counts them: the one analysis that
+    analyze_state_dict, the monitor and ``antigrok analyze`` share."""
+    rows, arrays = analyze_weights(matrices, run_seed=run_seed, step=step, fix_fingers=fix_fingers, engine=engine)
+    table = htsr_table(rows)
+    return table, compute_traps(table, arrays, tracy_widom_scale)
+
+
 def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xmax", engine: str = DEFAULT_ENGINE,
                        step: int = 0) -> pd.DataFrame:
     """HTSR metrics of a model's weights, no data needed: one row per analyzable 2-D weight.
@@ -432,9 +270,7 @@ def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xma
     if not matrices:
         raise ValueError(f"no 2-D weight matrix with at least {MIN_EVALS} rows and columns in the state_dict "
                          f"(keys: {', '.join(list(state_dict)[:8])}{', ...' if len(state_dict) > 8 else ''})")
-    rows, arrays = analyze_weights(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine)
-    table = htsr_table(rows)
-    traps = compute_traps(table, arrays, tracy_widom_scale=1.0)
+    table, traps = analyze_with_traps(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine)
     table["num_traps"] = traps["num_traps"].to_numpy()
     table["num_traps_centered"] = traps["num_traps_centered"].to_numpy()
     return table

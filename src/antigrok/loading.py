@@ -176,7 +176,10 @@ def read_npz_array(path: str | Path, name: str) -> np.ndarray:
         with np.load(path, allow_pickle=False) as archive:
             return archive[name]
     except ValueError as error:
-        raise UnsafeFileError(f"{path}: refused: array {name!r}: {_one_line(error)}") from None
+        if "allow_pickle" in str(error):  # NumPy's refusal of an object array: only that is unsafe
+            raise UnsafeFileError(f"{path}: refused: array {name!r}: {_one_line(error)}") from None
+        raise ModelFileError(f"{path}: array {name!r} cannot be read ({_one_line(error)}); "
+                             f"the file may be truncated or not written by numpy") from None
 
 
 def safetensors_headers(path: str | Path) -> list[tuple[str, tuple[int, ...], str]]:

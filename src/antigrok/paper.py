@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from antigrok.files import write_csv_atomically, write_text_atomically
+from antigrok.table_format import format_number, markdown_table
 
 PAPER_COLUMNS = ["table", "weight_decay", "phase", "layer", "metric", "paper_mean", "paper_std", "paper_text"]
 COMPARISON_COLUMNS = [
@@ -79,10 +80,7 @@ def _differs(difference: float, in_std: float, has_unit: bool):
     return bool(abs(difference) > EXACT_TOLERANCE)
 
 
-def _number(value, digits: int = 3) -> str:
-    if value is None or pd.isna(value) or not math.isfinite(float(value)):
-        return "—"
-    return f"{float(value):.{digits}g}"
+_number = format_number  # (its name here before antigrok.table_format)
 
 
 def comparison_markdown(comparison: pd.DataFrame, description: str) -> str:
@@ -98,8 +96,7 @@ def comparison_markdown(comparison: pd.DataFrame, description: str) -> str:
     ]
     headers = ["weight decay", "layer", "metric", "phase", "paper", "ours (mean ± std, n)", "edge step", "Δ", "Δ/σ_paper"]
     for table, frame in comparison.groupby("table", sort=False):
-        lines += [f"## {TABLE_TITLES.get(table, table)}", "", "| " + " | ".join(headers) + " |",
-                  "|" + "---|" * len(headers)]
+        rows = []
         for row in frame.itertuples(index=False):
             ours = "— (0)" if row.ours_n_seeds == 0 else (
                 f"{_number(row.ours_mean)} ± {_number(row.ours_std)} ({row.ours_n_seeds})")
@@ -107,11 +104,9 @@ def comparison_markdown(comparison: pd.DataFrame, description: str) -> str:
             in_std = _number(row.difference_in_paper_std)
             if row.differs is True:
                 delta, in_std = f"**{delta}**", f"**{in_std}**"
-            lines.append("| " + " | ".join([
-                f"{row.weight_decay:g}", row.layer, row.metric, row.phase, row.paper_text, ours,
-                _number(row.ours_edge_step_median), delta, in_std,
-            ]) + " |")
-        lines.append("")
+            rows.append([f"{row.weight_decay:g}", row.layer, row.metric, row.phase, row.paper_text, ours,
+                         _number(row.ours_edge_step_median), delta, in_std])
+        lines += [f"## {TABLE_TITLES.get(table, table)}", "", *markdown_table(headers, rows), ""]
     return "\n".join(lines)
 
 

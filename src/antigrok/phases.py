@@ -217,6 +217,16 @@ def edges_from_phases(phases: pd.DataFrame) -> PhaseEdges:
                       edge("anti_grokking_start_step"))
 
 
+def smoothed_test_acc_at(phases: pd.DataFrame, step) -> float:
+    """The smoothed test accuracy of phases.csv at ``step`` (e.g. peak_step); NaN when ``step`` is
+    missing (None or NaN) or not a row (test_acc where the frame has no smoothed column)."""
+    if step is None or pd.isna(step):
+        return np.nan
+    column = "test_acc_smoothed" if "test_acc_smoothed" in phases else "test_acc"
+    at_step = phases.loc[phases["step"] == step, column]
+    return float(at_step.iloc[0]) if len(at_step) else np.nan
+
+
 def write_phases(train_log_path: str | Path, output_path: str | Path, thresholds: PhaseThresholds) -> pd.DataFrame:
     """Read a run's train_log.csv, segment it, write phases.csv; returns the frame."""
     frame = segment_phases(pd.read_csv(train_log_path), thresholds)

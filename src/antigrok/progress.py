@@ -29,7 +29,9 @@ from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
 from antigrok.models import build_model, relu_modules
-from antigrok.train import load_checkpoint
+from antigrok.spectral import layer_name
+from antigrok.loading import read_checkpoint
+from antigrok.loading import read_checkpoint as load_checkpoint  # noqa: F401 (its name here before)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def column_suffix(name: str) -> str:
 def weight_matrices(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weight matrices by layer name: parameters ``<layer>.weight`` with ndim >= 2."""
     return {
-        name.removesuffix(".weight"): parameter
+        layer_name(name): parameter
         for name, parameter in model.named_parameters()
         if name.endswith(".weight") and parameter.ndim >= 2
     }
@@ -279,7 +281,7 @@ def progress_for_checkpoints(checkpoint_paths: Iterable[str | Path], dataset: Ma
     rows = []
     for path in tqdm(paths, desc="progress measures", unit="ckpt", disable=not progress):
         started = time.perf_counter()
-        checkpoint = load_checkpoint(path)
+        checkpoint = read_checkpoint(path)
         if checkpoint.get("step") is None:
             raise ValueError(f"{path}: the checkpoint has no step; expected an antigrok.train checkpoint")
         model = model_from_checkpoint(checkpoint, path)

@@ -142,6 +142,11 @@ def mp_ks_test(rand_evals: np.ndarray, rows: int, cols: int, sigma) -> tuple[flo
 CENTERED_RAND_EVALS = "rand_evals_centered"
 
 
+def layer_name(tensor_name: str) -> str:
+    """``fc1.weight`` -> ``fc1``: a weight's layer as htsr.csv and spectra.npz name it."""
+    return tensor_name.removesuffix(".weight")
+
+
 def spectrum_key(kind: str, layer: str, step: int) -> str:
     """Key of one spectrum in spectra.npz: ``evals/fc1/000001000`` or ``rand_evals/fc1/...``."""
     return f"{kind}/{layer}/{int(step):09d}"

@@ -24,6 +24,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from antigrok.files import write_atomically
+from antigrok.phases import smoothed_test_acc_at
+from antigrok.table_format import format_number, markdown_table
 from antigrok.summary import RUN_KEYS, average_alpha, read_run_files
 
 TIMESCALE_COLUMNS = [
@@ -50,9 +52,7 @@ def run_row(train_log, phases, htsr_average, traps, lr: float, alpha_critical: f
     train_log = train_log.sort_values("step")
     fit_step, peak_step = _edge(phases, "fit_step"), _edge(phases, "peak_step")
     last_step = float(train_log["step"].max())
-    peak_test_acc = math.nan
-    if not math.isnan(peak_step):
-        peak_test_acc = float(phases.loc[phases["step"] == peak_step, "test_acc_smoothed"].iloc[0])
+    peak_test_acc = smoothed_test_acc_at(phases, peak_step)
     after_fit = train_log[train_log["step"] >= fit_step] if not math.isnan(fit_step) else train_log.iloc[0:0]
     trap_steps = traps.groupby("step")["num_traps"].max()
     return {
@@ -117,10 +117,13 @@ def _format(value) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (float, np.floating)):
-        if not np.isfinite(value):
-            return "—"
-        return f"{value:.0f}" if value >= 100 and float(value).is_integer() else f"{value:.3g}"
+        return f"{value:.0f}" if np.isfinite(value) and value >= 100 and float(value).is_integer() else format_number(value)
     return str(value)
+
+
+def _experiments(table: pd.DataFrame) -> str:
+    """The experiments of the study as the config names them, in lr order."""
+    return ", ".join(dict.fromkeys(table.sort_values("lr", kind="stable")["experiment"]))
 
 
 def timescale_markdown(table: pd.DataFrame, slope: pd.DataFrame) -> str:
@@ -129,31 +132,22 @@ def timescale_markdown(table: pd.DataFrame, slope: pd.DataFrame) -> str:
     lines = [
         "# Time-scale study: phase edges per learning rate",
         "",
-        "One row per run (MNIST MLP of the paper's Table 3 at the lr shown; `steps` is the run's length: "
-        "these are time-rescaled runs, not the paper's 1e7-step experiment at lr 5e-4). Steps of "
+        f"One row per run (experiments {_experiments(table)}, each at the lr shown; `steps` is the run's "
+        "length: these are time-rescaled runs, to be read with their lr and steps). Steps of "
         "phases.csv (smoothed test accuracy); `first_alpha_below_critical_step`: first checkpoint with the "
         "average alpha of htsr.average_layers below htsr.alpha_critical; `first_trap_step`: first checkpoint "
         "with a Correlation Trap in any layer; `peak_inside_run`: no if the smoothed maximum is at the last "
         "logged step (the run ended before its peak). — = the run has no such event.",
         "",
-        "| " + " | ".join(shown) + " |",
-        "|" + "---|" * len(shown),
-    ]
-    for row in table.itertuples(index=False):
-        values = row._asdict()
-        lines.append("| " + " | ".join(_format(values[c]) for c in shown) + " |")
-    lines += [
+        *markdown_table(shown, ([_format(row._asdict()[c]) for c in shown] for row in table.itertuples(index=False))),
         "",
         "## Slope of log10(peak_step) against log10(lr)",
         "",
         "Least squares over the runs whose peak lies inside the run. Exact lr x step rescaling gives "
         "slope -1 (10x fewer steps to the peak per 10x lr); a steeper slope compresses more than linearly.",
         "",
-        "| " + " | ".join(SLOPE_COLUMNS) + " |",
-        "|" + "---|" * len(SLOPE_COLUMNS),
+        *markdown_table(SLOPE_COLUMNS, ([_format(v) for v in row] for row in slope.itertuples(index=False))),
     ]
-    for row in slope.itertuples(index=False):
-        lines.append("| " + " | ".join(_format(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +173,7 @@ def plot_timescale(train_logs: pd.DataFrame, table: pd.DataFrame) -> Figure:
     by_step.set_title("against step", fontsize=10, loc="left")
     by_lr_step.set_title("against lr x step: curves coincide if the lr only rescales time", fontsize=10, loc="left")
     by_step.legend(fontsize=8, loc="lower right")
-    fig.suptitle("MNIST MLP (paper Table 3) at several AdamW learning rates: time-rescaled runs", fontsize=11)
+    fig.suptitle(f"{_experiments(table)}: one experiment per AdamW learning rate, time-rescaled runs", fontsize=11)
     return fig
 
 
@@ -194,7 +188,7 @@ def write_timescale(train_log_paths, phases_paths, htsr_paths, traps_paths, lear
     writers = {
         "table_csv": lambda path: table.to_csv(path, index=False),
         "slope_csv": lambda path: slope.to_csv(path, index=False),
-        "table_md": lambda path: path.write_text(timescale_markdown(table, slope)),
+        "table_md": lambda path: path.write_text(timescale_markdown(table, slope), encoding="utf-8"),
         "figure_png": lambda path: fig.savefig(path, format="png"),
         "figure_pdf": lambda path: fig.savefig(path, format="pdf"),
     }

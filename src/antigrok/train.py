@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,7 @@ from antigrok.files import write_atomically
 from antigrok.loading import read_checkpoint
 from antigrok.models import DTYPES, build_model
 from antigrok.resume import Resume, RunFiles, checkpoint_path  # noqa: F401 (checkpoint_path: re-exported)
+from antigrok.schedule import checkpoint_steps, log_spaced_steps, log_steps  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -50,33 +50,6 @@ TRAIN_LOG_COLUMNS = ["step", "train_loss", "train_acc", "test_loss", "test_acc"]
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run cannot continue."""
-
-
-def log_spaced_steps(last_step: int, per_decade: int) -> list[int]:
-    """Step 0, ``per_decade`` log-spaced integer steps per decade up to ``last_step``, and the last.
-
-    Deduplicated after rounding, so the first decades hold every step they can.
-    """
-    if last_step < 1:
-        raise ValueError(f"last_step must be >= 1, got {last_step}")
-    num_points = int(math.floor(per_decade * math.log10(last_step))) + 1
-    exponents = np.arange(num_points) / per_decade
-    steps = np.unique(np.rint(10.0**exponents).astype(np.int64))
-    steps = steps[steps <= last_step]
-    return sorted({0, *steps.tolist(), last_step})
-
-
-def checkpoint_steps(last_step: int, per_decade: int) -> list[int]:
-    """The steps at which a run saves a checkpoint (``checkpoints.per_decade``)."""
-    return log_spaced_steps(last_step, per_decade)
-
-
-def log_steps(last_step: int, log_per_decade: int, checkpoint_per_decade: int) -> list[int]:
-    """The steps logged to train_log.csv: ``log.per_decade`` and every checkpoint step."""
-    return sorted(
-        set(log_spaced_steps(last_step, log_per_decade))
-        | set(checkpoint_steps(last_step, checkpoint_per_decade))
-    )
 
 
 def derive_seed(seed: int, stream: str) -> int:

@@ -69,8 +69,11 @@ for _experiment in BATCHED_EXPERIMENTS:
             gpu=1 if training_uses_cuda() else 0,
         params:
             experiment_name=_experiment,
-            experiment=json.dumps(config["experiments"][_experiment], sort_keys=True),
-            seeds=_seeds,
+            # run_settings, as the train rule: the lists of runs are no param, so adding a
+            # weight decay to the config reruns no group that already finished.
+            experiment=json.dumps(
+                run_settings(config["experiments"][_experiment]), sort_keys=True
+            ),
             checkpoint_per_decade=config["checkpoints"]["per_decade"],
             log_per_decade=config["log"]["per_decade"],
             device=config["train"]["device"],

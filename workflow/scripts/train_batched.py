@@ -6,7 +6,14 @@ import torch
 from antigrok.batched import train_runs
 from antigrok.data import load_dataset
 from antigrok.runlog import log_slurm_allocation, to_log_file
+from antigrok.runs import parse_run_dir
 from antigrok.train import RunSpec
+
+
+def seeds_of(train_logs):
+    """The group's seeds, from its outputs (a seed is no param: adding one reruns nothing else)."""
+    return [parse_run_dir(path)[2] for path in train_logs]
+
 
 wc, params = snakemake.wildcards, snakemake.params
 with to_log_file(snakemake.log[0]):
@@ -22,7 +29,7 @@ with to_log_file(snakemake.log[0]):
             checkpoint_per_decade=params.checkpoint_per_decade,
             log_per_decade=params.log_per_decade,
         )
-        for seed in params.seeds
+        for seed in seeds_of(snakemake.output.train_logs)
     ]
     train_runs(
         specs,

@@ -4,7 +4,7 @@
 so many optimizer steps, analyses them with the workflow's own spectral engine
 (``antigrok.htsr``: the same function and seeding as the ``spectra`` rule, so a monitored step
 gives the numbers a checkpoint of it would), appends one row per layer to a CSV, and evaluates
-the detector's alarms with the detector's own code (``antigrok.summary``: ``spectral_conditions``
+the detector's alarms with the detector's own code (``antigrok.detector``: ``spectral_conditions``
 and ``firing_steps``, the functions that write detectors.csv):
 
     alpha_below_critical   mean alpha of ``average_layers`` below ``alpha_critical``
@@ -38,9 +38,10 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from antigrok.htsr import DEFAULT_ENGINE, HTSR_COLUMNS, MIN_EVALS, analyze_weights, htsr_table, weight_matrices
-from antigrok.summary import SPECTRAL_ALARMS, firing_steps, mean_alpha, spectral_conditions
-from antigrok.traps import compute_traps
+from antigrok.htsr import DEFAULT_ENGINE, HTSR_COLUMNS, MIN_EVALS, analyze_with_traps, weight_matrices
+from antigrok.htsr import analyze_weights, htsr_table  # noqa: F401 (importable from here before)
+from antigrok.traps import compute_traps  # noqa: F401 (importable from here before)
+from antigrok.detector import SPECTRAL_ALARMS, firing_steps, mean_alpha, spectral_conditions
 
 __all__ = [
     "Alarm",
@@ -107,9 +108,8 @@ def analyze_snapshot(matrices: Mapping[str, np.ndarray], seed: int, step: int, f
     """The monitor rows of one step (MONITOR_COLUMNS): ``antigrok.htsr.analyze_weights`` seeded as
     the ``spectra`` rule seeds run ``seed`` at ``step``, traps counted as the ``traps`` rule counts
     them. At tracy_widom_scale 1.0 the htsr columns and num_traps are analyze_state_dict's."""
-    rows, arrays = analyze_weights(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine)
-    table = htsr_table(rows)
-    traps = compute_traps(table, arrays, tracy_widom_scale)
+    table, traps = analyze_with_traps(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine,
+                                      tracy_widom_scale=tracy_widom_scale)
     for column in TRAP_COLUMNS:
         table[column] = traps[column].to_numpy()
     for column in ("num_traps", "num_traps_centered"):
@@ -126,7 +126,7 @@ def _analysable_layers(model) -> dict[str, tuple[int, ...]]:
 
 class AlarmWatch:
     """The alarms over a growing history of monitor rows: the detector's spectral alarms
-    (``antigrok.summary.spectral_conditions``) fired by ``antigrok.summary.firing_steps``, as the
+    (``antigrok.detector.spectral_conditions``) fired by ``antigrok.detector.firing_steps``, as the
     workflow's detectors rule does for a finished run.
 
     ``update(rows)`` adds the rows of newly analysed steps and returns the firings not reported
