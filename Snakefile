@@ -1,6 +1,8 @@
 # antigrok: the anti-grokking study of Prakash & Martin, end to end. See README.md.
 from snakemake.common.configfile import load_configfile
-from snakemake.utils import min_version, update_config, validate
+from snakemake.utils import min_version, validate
+
+from antigrok.workflow_config import batched_unsupported_reason, overlay_experiments
 
 min_version("9.0")
 
@@ -11,14 +13,9 @@ configfile: "config.yaml"
 # A config given with --configfile states its experiments in full: config.yaml's experiments
 # are not merged into them (its other sections still provide defaults, key by key).
 if workflow.overwrite_configfiles:
-    config["experiments"] = {}
-    for path in workflow.overwrite_configfiles:
-        update_config(
-            config["experiments"], load_configfile(path).get("experiments", {})
-        )
-    update_config(
-        config["experiments"],
-        workflow.config_settings.overwrite_config.get("experiments", {}),
+    config["experiments"] = overlay_experiments(
+        [load_configfile(path) for path in workflow.overwrite_configfiles]
+        + [workflow.config_settings.overwrite_config]
     )
 
 

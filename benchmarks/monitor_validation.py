@@ -41,7 +41,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
 import antigrok.train
 from antigrok.data import prepare_dataset
@@ -50,27 +49,13 @@ from antigrok.monitor import SpectralMonitor
 from antigrok.phases import PhaseThresholds, edges_from_phases, segment_phases
 from antigrok.summary import SPECTRAL_ALARMS, accuracy_at, accuracy_curve, evaluate_run_alarms
 from antigrok.traps import compute_traps
+from antigrok.workflow_config import load_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]
 VALIDATION_COLUMNS = [
     "alarm", "monitor_step", "detector_step", "workflow_step", "agree", "fit_step", "peak_step", "collapse_step",
     "test_acc_at_alarm", "peak_test_acc", "final_test_acc", "cost_of_stopping", "saved_by_stopping",
 ]
-
-
-def load_workflow_config(configfile: Path | None) -> dict:
-    """The config as the Snakefile builds it: config.yaml, the configfile's sections merged over
-    it key by key (its experiments replace config.yaml's), schema defaults filled in."""
-    from snakemake.utils import update_config, validate
-
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    if configfile is not None:
-        override = yaml.safe_load(Path(configfile).read_text()) or {}
-        update_config(config, override)
-        if "experiments" in override:
-            config["experiments"] = override["experiments"]
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-    return config
 
 
 @contextmanager
@@ -226,7 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--background", default="thread", choices=["thread", "process", "none"])
     args = parser.parse_args(argv)
 
-    config = load_workflow_config(args.configfile)
+    config = load_workflow_config([args.configfile] if args.configfile is not None else [])
     for item in args.set:
         key, _, value = item.partition("=")
         *parents, last = key.split(".")

@@ -3,11 +3,15 @@
     python scripts/evaluate_warning_rules.py docs/reference/detector_study \
         --configfile configs/detector_study.yaml
 
+    # the same rules on another folder's runs (the discovery runs), written elsewhere
+    python scripts/evaluate_warning_rules.py docs/reference/cpu --configfile configs/detector_study.yaml \
+        --out docs/reference/detector_study/discovery
+
 Reads every runs/{experiment}/wd{weight_decay}/seed{seed}/ under the folder (htsr.csv, traps.csv,
 progress.csv, phases.csv), scores the config's warning_rules.rules with the workflow's own code
 (antigrok.warning_rules, as rule warning_rules does) and writes tables/warning_rules.csv,
 tables/warning_rules_summary.{csv,md} and figures/statistic_{statistic}_{experiment}.png (as rule
-figure_statistics does). Runs whose four files are not all there yet are skipped, and said so.
+figure_statistics does), under --out if given. Runs whose four files are not all there yet are skipped, and said so.
 """
 
 from __future__ import annotations
@@ -17,18 +21,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from antigrok.statistic_figures import write_statistic_figures
 from antigrok.warning_rules import write_rule_tables
+from antigrok.workflow_config import describe_experiment, load_workflow_config
 
 INPUTS = ("htsr.csv", "traps.csv", "progress.csv", "phases.csv")
-
-
-def describe(name: str, experiment: dict) -> str:
-    return (f"{name}: mlp {'-'.join(map(str, experiment['model']['widths']))}, {experiment['optimizer']['name']} "
-            f"lr {experiment['optimizer']['lr']:g}, {experiment['steps']} steps, batch {experiment['batch_size']}, "
-            f"{experiment.get('dtype', 'float64')}")
 
 
 def complete_runs(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -59,8 +57,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="docs/reference/<study>")
     parser.add_argument("--configfile", required=True, type=Path, help="the config whose warning_rules are scored")
+    parser.add_argument("--out", type=Path, help="where tables/ and figures/ go (default: the folder itself)")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(args.configfile.read_text())
+    out = args.out or args.folder
+    config = load_workflow_config([args.configfile])
     rules = config.get("warning_rules", {}).get("rules", [])
     if not rules:
         sys.exit(f"evaluate_warning_rules: {args.configfile} lists no warning_rules.rules")
@@ -70,15 +70,15 @@ def main(argv=None) -> int:
     for run in incomplete:
         print(f"skipping {run}: not all of {INPUTS} are there")
     rules = available_rules(rules, runs[0])
-    descriptions = {name: describe(name, experiment) for name, experiment in config["experiments"].items()}
-    tables = args.folder / "tables"
+    descriptions = {name: describe_experiment(name, config["experiments"]) for name in config["experiments"]}
+    tables = out / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     write_rule_tables(*[[run / name for run in runs] for name in INPUTS],
                       {"runs_csv": tables / "warning_rules.csv", "summary_csv": tables / "warning_rules_summary.csv",
                        "summary_md": tables / "warning_rules_summary.md"}, rules, descriptions)
     statistics = sorted({rule["statistic"] for rule in rules if rule.get("statistic")})
-    figures = args.folder / "figures"
-    figures.mkdir(exist_ok=True)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
     for experiment in sorted({run.parent.parent.name for run in runs}):
         of_experiment = [run for run in runs if run.parent.parent.name == experiment]
         write_statistic_figures(*[[run / name for run in of_experiment] for name in INPUTS], experiment, statistics,

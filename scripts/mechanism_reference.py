@@ -7,7 +7,8 @@ RUNS_FOLDER holds ``{experiment}/wd{weight_decay}/seed{seed}/`` with ``checkpoin
 workflow's results/runs) or ``checkpoints/step*.safetensors`` (a reference's committed edge
 checkpoints), and train_log.csv (a run without it has not finished: skipped). phases.csv is used
 where present, else segmented from train_log.csv with the config's ``phases`` thresholds. The
-settings are the config's ``mechanism`` and ``traps`` sections (schema defaults filled in); the
+settings are the config's ``mechanism`` and ``traps`` sections, read as the workflow reads them
+(config.yaml, the --config file over it, schema defaults filled in); the
 MNIST subset is rebuilt from ``data``. Nothing is trained and nothing in RUNS_FOLDER is written.
 """
 
@@ -24,7 +25,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from antigrok.data import prepare_mnist
 from antigrok.files import write_csv_atomically, write_text_atomically
@@ -35,40 +35,12 @@ from antigrok.mechanism.prototypes import prototype_table
 from antigrok.mechanism.removal import RemovalSettings, removal_table
 from antigrok.mechanism.tables import write_mechanism_tables
 from antigrok.phases import PhaseThresholds, segment_phases
+from antigrok.workflow_config import describe_experiment, load_workflow_config
 
 REPO = Path(__file__).resolve().parent.parent
+# what settings.json records: the sections these analyses read
+SETTINGS_SECTIONS = ("data", "experiments", "mechanism", "phases", "traps")
 FIGURES = ["prototypes", "largest_weight", "trap_removal", "shuffled_confusion"]
-
-
-def schema_defaults(node: dict) -> dict:
-    """The defaults of an object node of config.schema.yaml, nested objects included."""
-    values = {}
-    for key, child in node.get("properties", {}).items():
-        if child.get("type") == "object" and "properties" in child:
-            values[key] = schema_defaults(child)
-        elif "default" in child:
-            values[key] = child["default"]
-    return values
-
-
-def load_settings(config_path: Path) -> dict:
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    settings = schema_defaults(schema)
-    given = yaml.safe_load(config_path.read_text()) or {}
-    for section in ("data", "mechanism", "traps", "phases"):
-        settings.setdefault(section, {}).update(given.get(section, {}) or {})
-    settings["experiments"] = given.get("experiments", {})
-    return settings
-
-
-def experiment_description(name: str, experiments: dict) -> str:
-    """lr, steps, batch and dtype of an experiment, as the workflow's figures and tables say them."""
-    if name not in experiments:
-        return f"{name}: not in the config given (lr and steps unknown)"
-    experiment = experiments[name]
-    return (f"{name}: {experiment['model']['name']} {'-'.join(map(str, experiment['model']['widths']))}, "
-            f"{experiment['optimizer']['name']} lr {experiment['optimizer']['lr']:g}, {experiment['steps']} steps, "
-            f"batch {experiment['batch_size']}, {experiment.get('dtype', 'float64')}")
 
 
 def finished_runs(folder: Path) -> list[Path]:
@@ -157,7 +129,8 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", default=None, help="MNIST root (default: the config's data.root)")
     args = parser.parse_args(argv)
     started = time.time()
-    settings = load_settings(args.config)
+    # the config as the workflow reads it: config.yaml, then --config over it (as --configfile)
+    settings = load_workflow_config([args.config])
     data = settings["data"]
     dataset = prepare_mnist(args.data_root or data["root"], data["train_size"], data["subset_seed"], download=False)
     used, out_runs = [], []
@@ -168,7 +141,7 @@ def main(argv=None) -> None:
         out_runs.append(args.out / "runs" / relative)
     files = {name: [str(run / f"{name}.csv") for run in out_runs] for name in FIGURES + ["phases"]}
     experiments = sorted({run.parent.parent.name for run in out_runs})
-    descriptions = {name: experiment_description(name, settings["experiments"]) for name in experiments}
+    descriptions = {name: describe_experiment(name, settings["experiments"]) for name in experiments}
     tables = args.out / "tables"
     write_mechanism_tables(files["prototypes"], files["largest_weight"], files["trap_removal"],
                            files["shuffled_confusion"], files["phases"],
@@ -189,7 +162,7 @@ def main(argv=None) -> None:
                 outputs=[args.out / "figures" / f"{figure}_{experiment}_{weight_decay}.{ext}" for ext in ("png", "pdf")])
     command = "python scripts/mechanism_reference.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_text_atomically(args.out / "PROVENANCE.md", provenance(command, started, time.time(), used, descriptions))
-    (args.out / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    (args.out / "settings.json").write_text(json.dumps({key: settings[key] for key in SETTINGS_SECTIONS}, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ def test_the_script_scores_committed_runs_as_the_rule_does(tmp_path):
     for seed, weight_decay, collapses, cross in cases:
         write_run(tmp_path, synthetic_run(collapses, cross, seed=seed, weight_decay=weight_decay), seed, weight_decay)
     config = tmp_path / "config.yaml"
+    experiment = yaml.safe_load((ROOT / "config.yaml").read_text())["experiments"]["mnist_mlp"]
+    experiment["optimizer"]["lr"], experiment["steps"] = 1e-3, 100000
     config.write_text(yaml.safe_dump({
-        "experiments": {"synthetic": {"model": {"widths": [784, 200, 200, 10]}, "optimizer": {"name": "adamw", "lr": 1e-3},
-                                      "steps": 100000, "batch_size": 200}},
+        "experiments": {"synthetic": experiment},
         "warning_rules": {"rules": [{"name": "fc1_alpha_below_2", "statistic": "alpha", "layers": ["fc1"],
                                      "compare": "below", "threshold": 2.0}]}}))
     subprocess.run([sys.executable, str(ROOT / "scripts/evaluate_warning_rules.py"), str(tmp_path),
@@ -40,10 +41,17 @@ def test_the_script_scores_committed_runs_as_the_rule_does(tmp_path):
     summary = pd.read_csv(tmp_path / "tables/warning_rules_summary.csv").iloc[0]
     assert (summary["n_collapsing"], summary["n_in_time"], summary["n_early"]) == (3, 2, 1)
     assert (summary["n_not_collapsing"], summary["n_fired_not_collapsing"]) == (2, 1)
-    assert "2/3 [0.09, 0.99]" in (tmp_path / "tables/warning_rules_summary.md").read_text()
+    summary_md = (tmp_path / "tables/warning_rules_summary.md").read_text()
+    assert "2/3 [0.09, 0.99]" in summary_md
+    assert "synthetic: mlp 784-200-200-10, adamw lr 0.001, 100000 steps, batch 200, float64" in summary_md
     runs = pd.read_csv(tmp_path / "tables/warning_rules.csv")
     assert runs.set_index("seed").loc[2, "outcome"] == "before_peak"
     assert (tmp_path / "figures/statistic_alpha_synthetic.png").stat().st_size > 0
+    # --out: the same tables elsewhere, nothing new in the runs' folder
+    subprocess.run([sys.executable, str(ROOT / "scripts/evaluate_warning_rules.py"), str(tmp_path),
+                    "--configfile", str(config), "--out", str(tmp_path / "elsewhere")], check=True, capture_output=True)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "elsewhere/tables/warning_rules.csv"), runs)
+    assert (tmp_path / "elsewhere/figures/statistic_alpha_synthetic.png").exists()
 
 
 def test_the_figure_draws_the_median_and_range_over_seeds():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import subprocess
@@ -11,28 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from snakemake.utils import update_config, validate
 
 from antigrok.data import prepare_dataset
 from antigrok.models import Transformer, build_model, relu_modules
 from antigrok.train import RunSpec, check_model_fits_data
+from antigrok.workflow_config import load_workflow_config
 from conftest import REPO, copy_workflow
 
 CONFIG = REPO / "configs" / "modadd_cpu.yaml"
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 EXPERIMENT = "modadd_cpu"
 
 
 def merged_config() -> dict:
     """config.yaml overlaid with configs/modadd_cpu.yaml as the Snakefile does it (experiments
     replaced, not merged), validated and with the schema's defaults filled in."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    overlay = yaml.safe_load(CONFIG.read_text())
-    config["experiments"] = {}
-    update_config(config, copy.deepcopy(overlay))
-    validate(config, str(SCHEMA))
-    return config
+    return load_workflow_config([CONFIG])
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,7 @@ from antigrok.train import (
     save_checkpoint,
 )
 from antigrok.resume import Resume
+from antigrok.workflow_config import batched_unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,9 @@ RESUME_FORMAT = "antigrok.batched-resume/1"
 RESUME_DIR_NAME = ".resume-batched"
 
 
-def unsupported_reason(experiment_cfg: dict) -> str | None:
-    """Why the batched engine cannot train this experiment, or None when it can."""
-    model = experiment_cfg["model"]["name"]
-    if model != "mlp":
-        return f"model.name is {model!r}; the batched engine trains MLPs only"
-    loss = experiment_cfg.get("loss", "mse")
-    if loss != "mse":
-        return f"loss is {loss!r}; the batched engine implements the MSE loss only"
-    return None
+# Why the batched engine cannot train an experiment (None when it can); it lives with the config
+# code because the Snakefile asks it at every DAG build (train.smk), without importing torch.
+unsupported_reason = batched_unsupported_reason
 
 
 def mlp_gradients(weights, biases, x, target, weight_grads, bias_grads) -> None:

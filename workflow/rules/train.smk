@@ -25,15 +25,13 @@ rule train:
 
 
 # train.batch_runs: true trains the seeds of one (experiment, weight decay) in one job with the
-# batched engine (antigrok.batched), for the experiments it supports (MLP, MSE loss; the same test
-# as antigrok.batched.unsupported_reason); their per-run outputs then come from that job. Other
-# experiments keep one `train` job per run.
+# batched engine (antigrok.batched), for the experiments it supports (MLP, MSE loss:
+# antigrok.workflow_config.batched_unsupported_reason); their per-run outputs then come from that
+# job. Other experiments keep one `train` job per run.
 BATCHED_EXPERIMENTS = [
     name
     for name, settings in config["experiments"].items()
-    if config["train"]["batch_runs"]
-    and settings["model"]["name"] == "mlp"
-    and settings.get("loss", "mse") == "mse"
+    if config["train"]["batch_runs"] and batched_unsupported_reason(settings) is None
 ]
 
 for _experiment in BATCHED_EXPERIMENTS:

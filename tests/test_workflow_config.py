@@ -1,0 +1,66 @@
+"""antigrok.workflow_config: the config as the Snakefile builds it, outside Snakemake."""
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from antigrok.workflow_config import (
+    batched_unsupported_reason,
+    describe_experiment,
+    load_workflow_config,
+    overlay_experiments,
+)
+from conftest import REPO
+
+BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_a_configfile_replaces_the_experiments_and_merges_the_rest_key_by_key(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"experiments": {"mine": BASE["experiments"]["mnist_mlp"]},
+                                       "traps": {"tracy_widom_scale": 2.0}}))
+    config = load_workflow_config([overlay])
+    assert list(config["experiments"]) == ["mine"]
+    assert config["traps"]["tracy_widom_scale"] == 2.0
+    # the keys the overlay leaves alone keep config.yaml's values, and the schema fills what neither sets
+    assert config["phases"] == {**config["phases"], **BASE["phases"]}
+    assert "mechanism" in config and config["mechanism"]["probe_inputs"] == 2000
+
+
+def test_without_a_configfile_it_is_config_yaml_validated():
+    config = load_workflow_config()
+    assert list(config["experiments"]) == list(BASE["experiments"])
+
+
+def test_several_configfiles_merge_their_experiments_in_order():
+    mlp = BASE["experiments"]["mnist_mlp"]
+    merged = overlay_experiments([{"experiments": {"a": mlp}}, {"experiments": {"a": {"steps": 7}, "b": mlp}}, {}])
+    assert list(merged) == ["a", "b"]
+    assert merged["a"]["steps"] == 7 and merged["a"]["optimizer"] == mlp["optimizer"]
+    assert mlp["steps"] != 7  # the overlays are not changed
+
+
+def test_an_invalid_configfile_is_refused_naming_the_key(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(yaml.safe_dump({"experiments": {"mine": BASE["experiments"]["mnist_mlp"]},
+                                       "traps": {"tracy_widom_scale": "large"}}))
+    with pytest.raises(WorkflowError, match="'large' is not of type 'number'"):
+        load_workflow_config([overlay])
+    # as in the Snakefile, a configfile states its experiments in full: one without any is refused
+    overlay.write_text(yaml.safe_dump({"traps": {"tracy_widom_scale": 2.0}}))
+    with pytest.raises(WorkflowError, match="should be non-empty"):
+        load_workflow_config([overlay])
+
+
+def test_the_batched_engine_trains_mse_mlps_only():
+    mlp = BASE["experiments"]["mnist_mlp"]
+    assert batched_unsupported_reason(mlp) is None
+    assert "MLPs only" in batched_unsupported_reason({**mlp, "model": {**mlp["model"], "name": "transformer"}})
+    assert "MSE" in batched_unsupported_reason({**mlp, "loss": "cross_entropy"})
+
+
+def test_the_experiment_label_carries_lr_and_steps():
+    experiments = load_workflow_config([REPO / "configs" / "cpu.yaml"])["experiments"]
+    assert describe_experiment("mnist_lr5e-3", experiments) == (
+        "mnist_lr5e-3: mlp 784-200-200-10, adamw lr 0.005, 200000 steps, batch 200, float64")
+    assert "lr and steps unknown" in describe_experiment("other", experiments)
