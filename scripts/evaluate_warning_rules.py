@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("folder", type=Path, help="docs/reference/<study>")
     parser.add_argument("--configfile", required=True, type=Path, help="the config whose warning_rules are scored")
     parser.add_argument("--out", type=Path, help="where tables/ and figures/ go (default: the folder itself)")
+    parser.add_argument("--no-figures", action="store_true", help="write the tables only")
     args = parser.parse_args(argv)
     out = args.out or args.folder
     config = load_workflow_config([args.configfile])
@@ -76,6 +77,9 @@ def main(argv=None) -> int:
     write_rule_tables(*[[run / name for run in runs] for name in INPUTS],
                       {"runs_csv": tables / "warning_rules.csv", "summary_csv": tables / "warning_rules_summary.csv",
                        "summary_md": tables / "warning_rules_summary.md"}, rules, descriptions)
+    if args.no_figures:
+        print(f"scored {len(rules)} rules on {len(runs)} runs; wrote {tables}")
+        return 0
     statistics = sorted({rule["statistic"] for rule in rules if rule.get("statistic")})
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)

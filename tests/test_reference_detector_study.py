@@ -1,0 +1,40 @@
+"""docs/reference/detector_study: the committed warning-rule tables are what the command beside them
+writes from the committed per-run files and the frozen rules (configs/detector_study.yaml)."""
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import REPO
+
+STUDY = REPO / "docs" / "reference" / "detector_study"
+TABLES = ["warning_rules.csv", "warning_rules_summary.csv", "warning_rules_summary.md"]
+
+
+def test_the_committed_tables_equal_a_rerun_of_their_command(tmp_path):
+    subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate_warning_rules.py"), str(STUDY),
+                    "--configfile", str(REPO / "configs" / "detector_study.yaml"), "--out", str(tmp_path), "--no-figures"],
+                   check=True, capture_output=True, cwd=REPO)
+    for name in TABLES:
+        committed, rerun = STUDY / "tables" / name, tmp_path / "tables" / name
+        if name.endswith(".csv"):
+            pd.testing.assert_frame_equal(pd.read_csv(rerun), pd.read_csv(committed), check_exact=False, rtol=1e-12)
+        else:
+            assert rerun.read_text() == committed.read_text(), name
+    # one figure per statistic and experiment
+    statistics = {name.split("statistic_")[1].rsplit("_mnist", 1)[0] for name in
+                  (p.name for p in (STUDY / "figures").glob("statistic_*.png"))}
+    assert len(statistics) == 10 and len(list((STUDY / "figures").glob("statistic_*.png"))) == 20
+
+
+def test_the_study_has_its_twelve_held_out_runs_each_with_its_checkpoints():
+    runs = pd.read_csv(STUDY / "runs.csv")
+    assert len(runs) == 12 and not runs.duplicated(["experiment", "weight_decay", "seed"]).any()
+    assert sorted(set(zip(runs["experiment"], runs["seed"]))) == sorted(
+        [("mnist_lr5e-3", seed) for seed in (2, 3, 4)] + [("mnist_lr2e-3", seed) for seed in (0, 1, 2)])
+    for row in runs.itertuples():
+        run = STUDY / "runs" / row.experiment / f"wd{row.weight_decay}" / f"seed{row.seed}"
+        checkpoints = pd.read_csv(run / "checkpoints.csv")
+        assert {"peak", "end"} <= set(checkpoints["edge"])
+        assert all((run / "checkpoints" / name).is_file() for name in checkpoints["file"])
