@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from scipy.spatial.distance import jensenshannon
 
 from antigrok.fastspectra import marchenko_pastur_fit, random_esd_batch
@@ -299,7 +300,10 @@ def test_the_reference_script_on_safetensors_checkpoints(tmp_path):
 
     synthetic_run(tmp_path / "runs" / "toy" / "wd0.0" / "seed3")
     config = tmp_path / "config.yaml"  # small: the script's plumbing, not the numbers
-    config.write_text("mechanism:\n  probe_inputs: 50\n  removal_draws: 1\n  edges: [peak_step, last]\n")
+    # read as the workflow reads a --configfile: it states its experiments in full
+    toy = yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]["mnist_mlp"]
+    config.write_text(yaml.safe_dump({"experiments": {"toy": toy},
+                                      "mechanism": {"probe_inputs": 50, "removal_draws": 1, "edges": ["peak_step", "last"]}}))
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "mechanism_reference.py"), str(tmp_path / "runs"),
                              str(tmp_path / "out"), "--data-root", str(SHARED_DATA), "--config", str(config)],
                             capture_output=True, text=True, timeout=600)
@@ -312,5 +316,6 @@ def test_the_reference_script_on_safetensors_checkpoints(tmp_path):
     assert (removal[removal["condition"] == "remove_traps"]["num_components"] >= 1).all()
     provenance = (tmp_path / "out" / "PROVENANCE.md").read_text()
     assert "toy/wd0.0/seed3" in provenance and "wall time" in provenance
+    assert "toy: mlp 784-200-200-10, adamw lr 0.0005, 10000000 steps" in provenance
     assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == 4
 
