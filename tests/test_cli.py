@@ -39,7 +39,7 @@ def test_folder_gives_one_row_per_checkpoint_and_layer(checkpoint_dir, tmp_path,
     out = tmp_path / "out" / "htsr.csv"
     assert cli.main(["analyze", str(checkpoint_dir), "-o", str(out), "-q"]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["path"] + htsr.HTSR_COLUMNS + ["num_traps", "stored_dtype"]
+    assert list(table.columns) == ["path"] + htsr.HTSR_COLUMNS + ["num_traps", "num_traps_centered", "stored_dtype"]
     assert list(zip(table["step"], table["layer"])) == [(10, "fc1"), (10, "fc2"), (20, "fc1"), (20, "fc2")]
     assert table["path"].str.endswith(".pt").all()
     assert (table["fit_status"] == "ok").all()
@@ -179,3 +179,18 @@ def test_a_seed_that_is_no_integer_is_a_one_line_usage_error(capsys):
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if "error:" in line] == [
         "antigrok analyze: error: argument --seed: invalid int value: 'x'"]
+
+
+def test_the_mean_shift_trap_is_counted_raw_and_not_centred(tmp_path):
+    # a Gaussian matrix plus a constant: its shuffled copy keeps the mean, a rank-one spike that
+    # WeightWatcher counts as a trap and the centred count does not (antigrok.traps)
+    rng = np.random.default_rng(3)
+    weights = {"shifted.weight": torch.tensor(rng.standard_normal((120, 300)) * 0.1 + 0.05),
+               "plain.weight": torch.tensor(rng.standard_normal((120, 300)) * 0.1)}
+    path = tmp_path / "model.pt"
+    torch.save(weights, path)
+    out = tmp_path / "rows.csv"
+    assert cli.main(["analyze", str(path), "-o", str(out), "-q"]) == 0
+    table = pd.read_csv(out).set_index("layer")
+    assert (table.loc["shifted", "num_traps"], table.loc["shifted", "num_traps_centered"]) == (1, 0)
+    assert (table.loc["plain", "num_traps"], table.loc["plain", "num_traps_centered"]) == (0, 0)

@@ -46,9 +46,15 @@ def skip_reason(ref: TensorRef, layers: re.Pattern | None = None) -> str:
     return f"shape {ref.shape[0]}x{ref.shape[1]} {reason}" if reason else ""
 
 
+# Correlation Traps at Tracy-Widom scale 1: WeightWatcher's count, and the count with the mean-shift
+# outlier of the shuffled matrix removed (antigrok.traps)
+TRAP_COUNTS = ["num_traps", "num_traps_centered"]
+
+
 @dataclass
 class ModelAnalysis:
-    """The rows of one model (htsr.csv columns, ``num_traps``, ``stored_dtype``) and its skip list."""
+    """The rows of one model (htsr.csv columns, ``num_traps``, ``num_traps_centered``, ``stored_dtype``)
+    and its skip list."""
 
     source: ModelSource
     table: pd.DataFrame
@@ -90,11 +96,13 @@ def analyze_model(source: ModelSource, *, seed: int | None = None, layers: re.Pa
             table, traps = htsr.analyze_with_traps({layer: weight}, run_seed=run_seed, step=step,
                                                    fix_fingers=fix_fingers, engine=engine)
             del weight  # the next tensor is read only after this one is freed
-            rows.append({**table.iloc[0].to_dict(), "num_traps": traps["num_traps"].iloc[0], "stored_dtype": ref.dtype})
+            rows.append({**table.iloc[0].to_dict(), **{column: traps[column].iloc[0] for column in TRAP_COUNTS},
+                         "stored_dtype": ref.dtype})
         if on_tensor is not None:
             on_tensor(ref, not reason)
     table = htsr.htsr_table(rows)
-    table["num_traps"] = pd.array([row["num_traps"] for row in rows], dtype="Int64")
+    for column in TRAP_COUNTS:
+        table[column] = pd.array([row[column] for row in rows], dtype="Int64")
     table["stored_dtype"] = [row["stored_dtype"] for row in rows]
     return ModelAnalysis(source, table, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), time.perf_counter() - start)
 

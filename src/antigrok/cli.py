@@ -7,8 +7,8 @@ HTSR metrics and Correlation Traps of model files, from the weights alone: workf
 folders of them, bare state_dicts, ``.safetensors`` files, Hugging Face model folders (sharded or
 not, safetensors or pytorch_model.bin) and ``.npz`` archives of arrays (antigrok.loading; no file
 is ever unpickled beyond tensors, numbers, strings and containers). One CSV row per (model, 2-D
-weight matrix): ``path``, the columns of htsr.csv, ``num_traps`` (Tracy-Widom scale 1.0) and
-``stored_dtype``. Tensors are read and analysed one at a time, in float64. Skipped tensors and a
+weight matrix): ``path``, the columns of htsr.csv, ``num_traps`` (Tracy-Widom scale 1.0), ``num_traps_centered``
+(the same with the shuffled matrix's mean-shift outlier removed) and ``stored_dtype``. Tensors are read and analysed one at a time, in float64. Skipped tensors and a
 summary go to stderr. A path that cannot be analysed gets one error line on stderr; the others are
 still analysed, and the exit code is 1.
 """
