@@ -126,14 +126,32 @@ def assert_png(fig, path, name, panels=1):
     assert drawn > 0.03, f"only {drawn:.1%} of the pixels are drawn"
 
 
+def assert_line(axis, label: str, expected: pd.Series) -> None:
+    """The line called ``label`` draws ``expected`` (index: step) point for point: the figure's data."""
+    [line] = [line for line in axis.lines if line.get_label() == label]
+    np.testing.assert_allclose(line.get_xdata().astype(float), expected.index.to_numpy(dtype=float))
+    np.testing.assert_allclose(line.get_ydata().astype(float), expected.to_numpy(dtype=float), rtol=1e-12)
+
+
 def test_accuracy_figure(tmp_path):
-    fig = figures.plot_accuracy(synthetic_train_log(), synthetic_phases(), "accuracy")
+    train_log = synthetic_train_log()
+    fig = figures.plot_accuracy(train_log, synthetic_phases(), "accuracy")
+    by_step = train_log.groupby("step")
+    assert_line(fig.axes[0], "train accuracy", by_step["train_acc"].mean())
+    assert_line(fig.axes[0], "test accuracy", by_step["test_acc"].mean())
     assert_png(fig, tmp_path / "accuracy.png", "accuracy")
 
 
 def test_alpha_figure_has_average_and_one_panel_per_layer(tmp_path):
     fig = figures.plot_alpha(synthetic_htsr(), synthetic_phases(), ["fc1", "fc2"], 2.0, "alpha")
     assert [ax.get_title(loc="left") for ax in fig.axes] == ["mean α of fc1, fc2", "α of fc1", "α of fc2"]
+    htsr = synthetic_htsr()
+    per_layer = htsr[htsr["layer"].isin(["fc1", "fc2"])]
+    # a run's average is NaN where one of its layers failed (seed 0, fc1, step 5): that step's mean is seed 1's
+    run_average = per_layer.groupby(["seed", "step"])["alpha"].agg(lambda v: v.mean() if v.notna().all() else np.nan)
+    assert_line(fig.axes[0], "α (seed mean)", run_average.groupby("step").mean())
+    for axis, layer in zip(fig.axes[1:], ["fc1", "fc2"]):
+        assert_line(axis, "α (seed mean)", htsr[htsr["layer"] == layer].groupby("step")["alpha"].mean())
     assert_png(fig, tmp_path / "alpha.png", "alpha", panels=3)
 
 
@@ -143,7 +161,13 @@ def test_alpha_figure_names_missing_layers():
 
 
 def test_progress_figure(tmp_path):
-    fig = figures.plot_progress(synthetic_progress(), synthetic_phases(), "progress")
+    progress = synthetic_progress()
+    fig = figures.plot_progress(progress, synthetic_phases(), "progress")
+    drawn = {line.get_label(): axis for axis in fig.axes for line in axis.lines}
+    for column, label in [("l2_norm", "l2 weight norm"), ("activation_sparsity", "Activation sparsity"),
+                          ("abs_weight_entropy", "Absolute weight entropy"),
+                          ("circuit_complexity", "Approximate local circuit complexity")]:
+        assert_line(drawn[label], label, progress.groupby("step")[column].mean())
     assert_png(fig, tmp_path / "progress.png", "progress", panels=4)
 
 
