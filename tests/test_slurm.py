@@ -2,11 +2,14 @@
 
 Starts slurmctld, slurmd and munged (tests/slurm_cluster.py), runs the smoke workflow in a copy
 with `--profile profiles/slurm` and the overrides a cluster without slurmdbd needs, and checks
-that it produces exactly the output files of the smoke DAG (what a local smoke run makes, as
+that it produces exactly the output files of the DAG (what a local run makes, as
 `snakemake --summary` lists them), with every training run in a SLURM job that was allocated a
 GPU. It does not wait for a local smoke run (the session fixture): the DAG's own list is the
-reference, which keeps the test to one workflow run. Skipped where slurm-wlm/munge are not
-installed or we are not root.
+reference, which keeps the test to one workflow run. The DAG is the smoke DAG with the MNIST
+experiment alone and one seed per weight decay (``one_seed_smoke_config``): every rule of the MNIST
+pipeline, mechanism included, still runs as a SLURM job, in half the jobs (each SLURM job costs
+seconds of submission and status polling on top of its work). Skipped where slurm-wlm/munge are
+not installed or we are not root.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import copy_workflow, requires_mnist, snakemake
 from slurm_cluster import SingleNodeSlurm, missing_requirements
@@ -41,6 +45,17 @@ def slurm_cluster(tmp_path_factory):
         pytest.skip(reason)
     with SingleNodeSlurm(tmp_path_factory.mktemp("slurm")) as cluster:
         yield cluster
+
+
+def one_seed_smoke_config(workdir: Path) -> None:
+    """Rewrite the copy's tests/smoke.yaml to its MNIST experiment with seed 0 alone (both weight
+    decays, so the mechanism's weight-decay control stays in the DAG)."""
+    smoke = workdir / "tests" / "smoke.yaml"
+    config = yaml.safe_load(smoke.read_text(encoding="utf-8"))
+    mnist = config["experiments"]["mnist_mlp"]
+    config["experiments"] = {"mnist_mlp": {**mnist, "seeds": [0]}}
+    config["htsr"]["average_layers"] = {"mnist_mlp": config["htsr"]["average_layers"]["mnist_mlp"]}
+    smoke.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
 def result_files(workdir: Path) -> set[str]:
@@ -75,8 +90,10 @@ def train_logs(workdir: Path) -> list[Path]:
 @requires_mnist
 def test_smoke_dag_runs_on_slurm_with_a_gpu_per_training_run(slurm_cluster, tmp_path):
     workdir = copy_workflow(tmp_path / "workflow")
+    one_seed_smoke_config(workdir)
     outputs = dag_outputs(workdir)
     assert any(output.endswith("train_log.csv") for output in outputs), outputs
+    assert not any("modadd" in output or "seed1" in output for output in outputs), outputs
 
     snakemake(workdir, "--profile", str(workdir / "profiles" / "slurm"), *TEST_OVERRIDES,
               overrides=CPU_TRAINING, timeout=1800)
@@ -101,7 +118,8 @@ def test_smoke_dag_runs_on_slurm_with_a_gpu_per_training_run(slurm_cluster, tmp_
     # Analysis jobs went to SLURM too, without a GPU; the Snakefile's localrules stayed local.
     jobs = slurm_cluster.all_jobs()
     rules = {job["rule"] for job in jobs}
-    assert {"train", "spectra"} <= rules and not rules & {"prepare_data", "tables"}, rules
+    assert {"train", "spectra", "traps", "progress", "prototypes", "trap_removal"} <= rules, rules
+    assert not rules & {"prepare_data", "tables"}, rules
     for job in jobs:
         assert job["state"] == "COMPLETED", job
         assert ("gpu" in job["tres_per_job"]) == (job["rule"] == "train"), job
