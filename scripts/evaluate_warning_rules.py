@@ -56,15 +56,16 @@ def available_rules(rules: list[dict], run: Path) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="docs/reference/<study>")
-    parser.add_argument("--configfile", required=True, type=Path, help="the config whose warning_rules are scored")
+    parser.add_argument("--configfile", required=True, type=Path, nargs="+",
+                        help="the config(s) whose warning_rules are scored, merged as snakemake merges them")
     parser.add_argument("--out", type=Path, help="where tables/ and figures/ go (default: the folder itself)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
     args = parser.parse_args(argv)
     out = args.out or args.folder
-    config = load_workflow_config([args.configfile])
+    config = load_workflow_config(args.configfile)
     rules = config.get("warning_rules", {}).get("rules", [])
     if not rules:
-        sys.exit(f"evaluate_warning_rules: {args.configfile} lists no warning_rules.rules")
+        sys.exit(f"evaluate_warning_rules: {' '.join(map(str, args.configfile))} list no warning_rules.rules")
     runs, incomplete = complete_runs(args.folder)
     if not runs:
         sys.exit(f"evaluate_warning_rules: no complete run under {args.folder}/runs")

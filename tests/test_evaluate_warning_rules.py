@@ -54,6 +54,30 @@ def test_the_script_scores_committed_runs_as_the_rule_does(tmp_path):
     assert (tmp_path / "elsewhere/figures/statistic_alpha_synthetic.png").exists()
 
 
+def test_rules_from_one_config_and_experiments_from_another(tmp_path):
+    # a probe study: its config names its runs' experiment, the frozen rules stay in the study's
+    for seed, weight_decay, collapses, cross in [(0, 0.003, True, 15000), (1, 0.003, False, None)]:
+        write_run(tmp_path, synthetic_run(collapses, cross, seed=seed, weight_decay=weight_decay), seed, weight_decay)
+    experiment = yaml.safe_load((ROOT / "config.yaml").read_text())["experiments"]["mnist_mlp"]
+    rules_config, probe_config = tmp_path / "rules.yaml", tmp_path / "probe.yaml"
+    rules_config.write_text(yaml.safe_dump({
+        "experiments": {"other": experiment},
+        "warning_rules": {"rules": [{"name": "fc1_alpha_below_2", "statistic": "alpha", "layers": ["fc1"],
+                                     "compare": "below", "threshold": 2.0}]}}))
+    probe_config.write_text(yaml.safe_dump({"experiments": {"synthetic": {**experiment, "steps": 100000}}}))
+    subprocess.run([sys.executable, str(ROOT / "scripts/evaluate_warning_rules.py"), str(tmp_path), "--no-figures",
+                    "--configfile", str(rules_config), str(probe_config)], check=True, capture_output=True)
+    summary = pd.read_csv(tmp_path / "tables/warning_rules_summary.csv").iloc[0]
+    assert summary["rule"] == "fc1_alpha_below_2"
+    assert (summary["n_collapsing"], summary["n_in_time"], summary["n_not_collapsing"]) == (1, 1, 1)
+    assert "synthetic: mlp 784-200-200-10, adamw lr 0.0005, 100000 steps" in (
+        tmp_path / "tables/warning_rules_summary.md").read_text()
+    # without the rules' config the script says so instead of scoring nothing
+    failed = subprocess.run([sys.executable, str(ROOT / "scripts/evaluate_warning_rules.py"), str(tmp_path),
+                             "--no-figures", "--configfile", str(probe_config)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "list no warning_rules.rules" in failed.stderr, failed.stderr
+
+
 def test_the_figure_draws_the_median_and_range_over_seeds():
     frames = [synthetic_run(True, cross, seed=seed) for seed, cross in enumerate((15000, 2000, 50000))]
     htsr, traps, progress = (pd.concat([run[index] for run in frames]) for index in range(3))
