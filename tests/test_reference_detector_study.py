@@ -16,6 +16,15 @@ CONFIGS = REPO / "configs"
 TABLES = ["warning_rules.csv", "warning_rules_summary.csv", "warning_rules_summary.md"]
 
 
+def assert_each_run_has_its_edge_checkpoints(folder, runs: pd.DataFrame) -> None:
+    """Every run of runs.csv has its peak and end checkpoints (safetensors) listed and present."""
+    for row in runs.itertuples():
+        run = folder / "runs" / row.experiment / f"wd{row.weight_decay}" / f"seed{row.seed}"
+        checkpoints = pd.read_csv(run / "checkpoints.csv")
+        assert {"peak", "end"} <= set(checkpoints["edge"])
+        assert all((run / "checkpoints" / name).is_file() for name in checkpoints["file"])
+
+
 @pytest.mark.parametrize("folder, configfiles", [
     (STUDY, ["detector_study.yaml"]),
     (PROBE, ["detector_study.yaml", "detector_study_wd3e-3.yaml"]),
@@ -44,19 +53,11 @@ def test_the_study_has_its_twelve_held_out_runs_each_with_its_checkpoints():
     assert len(runs) == 12 and not runs.duplicated(["experiment", "weight_decay", "seed"]).any()
     assert sorted(set(zip(runs["experiment"], runs["seed"]))) == sorted(
         [("mnist_lr5e-3", seed) for seed in (2, 3, 4)] + [("mnist_lr2e-3", seed) for seed in (0, 1, 2)])
-    for row in runs.itertuples():
-        run = STUDY / "runs" / row.experiment / f"wd{row.weight_decay}" / f"seed{row.seed}"
-        checkpoints = pd.read_csv(run / "checkpoints.csv")
-        assert {"peak", "end"} <= set(checkpoints["edge"])
-        assert all((run / "checkpoints" / name).is_file() for name in checkpoints["file"])
+    assert_each_run_has_its_edge_checkpoints(STUDY, runs)
 
 
 def test_the_probe_has_its_six_runs_at_weight_decay_0_003_each_with_its_checkpoints():
     runs = pd.read_csv(PROBE / "runs.csv")
     assert sorted(runs["seed"]) == [5, 6, 7, 8, 9, 10]
     assert set(runs["experiment"]) == {"mnist_lr5e-3"} and set(runs["weight_decay"]) == {0.003}
-    for row in runs.itertuples():
-        run = PROBE / "runs" / row.experiment / f"wd{row.weight_decay}" / f"seed{row.seed}"
-        checkpoints = pd.read_csv(run / "checkpoints.csv")
-        assert {"peak", "end"} <= set(checkpoints["edge"])
-        assert all((run / "checkpoints" / name).is_file() for name in checkpoints["file"])
+    assert_each_run_has_its_edge_checkpoints(PROBE, runs)
