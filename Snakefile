@@ -2,7 +2,12 @@
 from snakemake.common.configfile import load_configfile
 from snakemake.utils import min_version, validate
 
-from antigrok.workflow_config import batched_unsupported_reason, overlay_experiments
+from antigrok.workflow_config import (
+    batched_unsupported_reason,
+    format_weight_decay,
+    overlay_experiments,
+    run_settings,
+)
 
 min_version("9.0")
 

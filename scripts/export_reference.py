@@ -16,35 +16,16 @@ import argparse
 import datetime as dt
 import platform
 import shutil
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
+from antigrok.segments import cpu_model, git_commit
+
 RUN_FILES = ("train_log.csv", "htsr.csv", "traps.csv", "progress.csv", "phases.csv")
 PACKAGES = ("torch", "numpy", "scipy", "pandas", "matplotlib", "weightwatcher", "snakemake")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def git_commit(workdir: Path) -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=workdir,
-                               capture_output=True, text=True, check=True)
-        return commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
 
 
 def run_dirs(config: dict, results: Path):

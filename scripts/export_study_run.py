@@ -24,14 +24,15 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_reference import PACKAGES, RUN_FILES, cpu_model, git_commit  # noqa: E402
+from export_reference import PACKAGES, RUN_FILES  # noqa: E402
 
-from antigrok.files import write_atomically, write_csv_atomically  # noqa: E402
+from antigrok.files import write_csv_atomically, write_safetensors  # noqa: E402
 from antigrok.loading import read_checkpoint  # noqa: E402
+from antigrok.segments import cpu_model, git_commit  # noqa: E402
+from antigrok.runs import nearest_in_log_step  # noqa: E402
 from antigrok.summary import parse_run_dir  # noqa: E402
 
 EDGES = {"peak": "peak_step", "decline_start": "anti_grokking_start_step", "end": None}
@@ -39,14 +40,6 @@ EDGES = {"peak": "peak_step", "decline_start": "anti_grokking_start_step", "end"
 
 def checkpoint_steps(checkpoint_dir: Path) -> dict[int, Path]:
     return {int(path.stem.removeprefix("step")): path for path in sorted(checkpoint_dir.glob("step*.pt"))}
-
-
-def nearest_in_log_step(steps, target: int) -> int:
-    """The step of ``steps`` closest to ``target`` in log10 (step 0 only for target 0)."""
-    positive = [step for step in steps if step > 0]
-    if target <= 0 or not positive:
-        return min(steps)
-    return min(positive, key=lambda step: (abs(math.log10(step) - math.log10(target)), step))
 
 
 def edge_checkpoints(phases: pd.DataFrame, steps) -> list[tuple[str, int | None, int]]:
@@ -59,13 +52,6 @@ def edge_checkpoints(phases: pd.DataFrame, steps) -> list[tuple[str, int | None,
             continue
         chosen.append((edge, int(edge_step), nearest_in_log_step(steps, int(edge_step))))
     return chosen
-
-
-def write_safetensors(state_dict: dict, path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    arrays = {name: np.ascontiguousarray(tensor.detach().cpu().numpy()) for name, tensor in state_dict.items()}
-    write_atomically(path, lambda partial: save_file(arrays, str(partial)))
 
 
 def benchmark_times(workdir: Path, experiment: str, weight_decay: str, seed: int) -> tuple[float, float]:

@@ -11,7 +11,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from export_study_run import edge_checkpoints, nearest_in_log_step  # noqa: E402
+from export_study_run import edge_checkpoints  # noqa: E402
+
+from antigrok.runs import nearest_in_log_step  # noqa: E402
 
 
 def test_nearest_checkpoint_is_nearest_in_log_step():

@@ -48,3 +48,12 @@ def write_text_atomically(path: str | Path, text: str) -> None:
 def write_csv_atomically(table: pd.DataFrame, path: str | Path) -> None:
     """``table.to_csv(path, index=False)``, atomically."""
     write_atomically(path, lambda partial: table.to_csv(partial, index=False))
+
+
+def write_safetensors(state_dict, path: str | Path) -> None:
+    """A state_dict's tensors as safetensors (read back without unpickling anything), atomically."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    arrays = {name: np.ascontiguousarray(tensor.detach().cpu().numpy()) for name, tensor in state_dict.items()}
+    write_atomically(path, lambda partial: save_file(arrays, str(partial)))

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
 from antigrok.models import build_model, relu_modules
+from antigrok.runs import refuse_held_elsewhere
 from antigrok.spectral import layer_name
 from antigrok.loading import read_checkpoint
 from antigrok.loading import read_checkpoint as load_checkpoint  # noqa: F401 (its name here before)
@@ -298,6 +299,7 @@ def write_progress_csv(checkpoint_dir: str | Path, dataset_path: str | Path, out
     """The ``progress`` rule: every ``step*.pt`` in ``checkpoint_dir`` to ``output`` (atomically)."""
     from antigrok.data import load_dataset
 
+    refuse_held_elsewhere(checkpoint_dir)
     paths = sorted(Path(checkpoint_dir).glob("step*.pt"))
     if not paths:
         raise FileNotFoundError(f"no step*.pt checkpoints in {checkpoint_dir}; rerun the train rule")

@@ -19,6 +19,14 @@ rerun completes, never a partial checkpoint set that looks complete:
 A rerun that finds the marks of all its runs redoes the commit and trains nothing; where the final
 files are gone (snakemake removes a failed job's outputs) it trains from step 0, which writes the
 same files bit for bit.
+
+A run continued on another machine from a copied resume state (``scripts/long_run.py restore``,
+docs/long-runs.md) does not have the checkpoints its earlier segments staged: they were analysed
+where they were made and their rows kept. ``checkpoints/held_elsewhere.json`` (staged with the
+checkpoints, so it moves with them) lists them and says where their rows are; the state stays
+valid without them, the finished ``checkpoints/`` lacks them, and the analyses that read a whole
+checkpoint folder refuse it with that message (``refuse_held_elsewhere``) instead of analysing a
+part of the run as if it were all of it.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import torch
 
 from antigrok.files import write_atomically, write_csv_atomically, write_text_atomically
 from antigrok.loading import safe_torch_load
+from antigrok.runs import held_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +88,10 @@ class RunFiles:
         return [checkpoint_path(Path(), step).name for step in self.checkpoint_steps]
 
     def missing_staged(self, before_step: int) -> list[str]:
-        """The staged checkpoints a state at ``before_step`` claims that are not on disk."""
+        """The staged checkpoints a state at ``before_step`` claims that are neither on disk nor held
+        elsewhere."""
         present = {p.name for p in self.staged.glob("step*.pt")} if self.staged.is_dir() else set()
+        present |= set(held_elsewhere(self.staged).get("checkpoints", []))
         return [checkpoint_path(Path(), step).name for step in self.checkpoint_steps
                 if step < before_step and checkpoint_path(Path(), step).name not in present]
 
@@ -90,7 +101,8 @@ class RunFiles:
     # ---- finishing ------------------------------------------------------------------------------
     def write_mark(self, train_log: pd.DataFrame) -> None:
         """Phase 1: the staged train log, then the mark; every checkpoint must be staged already."""
-        missing = [name for name in self.checkpoint_names() if not (self.staged / name).exists()]
+        held = set(held_elsewhere(self.staged).get("checkpoints", []))
+        missing = [name for name in self.checkpoint_names() if not (self.staged / name).exists() and name not in held]
         if missing:
             raise RuntimeError(f"run {self.name}: cannot finish, staged checkpoints are missing: {missing}")
         write_csv_atomically(train_log, self.resume_dir / TRAIN_LOG)
@@ -132,6 +144,8 @@ class RunFiles:
 
     def _final_files_complete(self) -> bool:
         present = {p.name for p in self.checkpoints.glob("step*.pt")} if self.checkpoints.is_dir() else set()
+        if self.checkpoints.is_dir():
+            present |= set(held_elsewhere(self.checkpoints).get("checkpoints", []))
         return self.train_log.exists() and set(self.checkpoint_names()) <= present
 
 

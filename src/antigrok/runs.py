@@ -4,12 +4,19 @@ of many runs as one frame tagged with it."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from pathlib import Path
 
 import pandas as pd
 
+from antigrok.files import write_text_atomically
+
 RUN_KEYS = ["experiment", "weight_decay", "seed"]
+# In a run's checkpoint folder: the checkpoints trained and analysed on another machine
+# (a run continued from a copied resume state; antigrok.resume, docs/long-runs.md).
+HELD_ELSEWHERE = "held_elsewhere.json"
 # .../<experiment>/wd<weight decay>/seed<seed>/... (under results/runs/ in the workflow)
 RUN_PATH = re.compile(r"(?:^|/)(?P<experiment>[^/]+)/wd(?P<weight_decay>[^/]+)/seed(?P<seed>\d+)(?:/|$)")
 _RUN_PATH = RUN_PATH
@@ -52,3 +59,43 @@ def read_seed_files(paths) -> pd.DataFrame:
     if not frames:
         raise ValueError("no run files given")
     return pd.concat(frames, ignore_index=True)
+
+
+def nearest_in_log_step(steps, target: int) -> int:
+    """The step of ``steps`` closest to ``target`` in log10 (step 0 only for target 0): the
+    checkpoint of a run that stands for a phase edge."""
+    positive = [step for step in steps if step > 0]
+    if target <= 0 or not positive:
+        return min(steps)
+    return min(positive, key=lambda step: (abs(math.log10(step) - math.log10(target)), step))
+
+
+def held_elsewhere(checkpoint_dir: str | Path) -> dict:
+    """``{"checkpoints": [names], "rows": where their analysis is}`` of a checkpoint folder whose
+    earlier checkpoints stayed on another machine; empty when it holds the whole run."""
+    path = Path(checkpoint_dir) / HELD_ELSEWHERE
+    if not path.exists():
+        return {}
+    held = json.loads(path.read_text())
+    if not isinstance(held, dict) or not isinstance(held.get("checkpoints"), list):
+        raise ValueError(f"{path}: expected {{'checkpoints': [file names], 'rows': ...}}; remove it only if "
+                         "every checkpoint of the run is in that folder")
+    return held
+
+
+def write_held_elsewhere(checkpoint_dir: str | Path, names: list[str], rows: str) -> None:
+    write_text_atomically(Path(checkpoint_dir) / HELD_ELSEWHERE,
+                          json.dumps({"checkpoints": sorted(names), "rows": rows}, indent=1))
+
+
+def refuse_held_elsewhere(checkpoint_dir: str | Path) -> None:
+    """Raise when ``checkpoint_dir`` lacks checkpoints that another machine analysed."""
+    held = held_elsewhere(checkpoint_dir)
+    if held.get("checkpoints"):
+        names = held["checkpoints"]
+        raise FileNotFoundError(
+            f"{checkpoint_dir}: {len(names)} of this run's checkpoints ({names[0]} to {names[-1]}) were trained "
+            f"and analysed on another machine and are not here; their rows are in {held.get('rows')}. "
+            "Build this run's tables from those rows (scripts/long_run.py, docs/long-runs.md), or retrain the "
+            "run from step 0 for a complete checkpoint set"
+        )

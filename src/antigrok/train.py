@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from antigrok.fast_mlp_step import FastMLPStep, unsupported_reason
-from antigrok.files import write_atomically
+from antigrok.files import write_atomically, write_csv_atomically
 from antigrok.loading import read_checkpoint
 from antigrok.models import DTYPES, build_model
 from antigrok.resume import Resume, RunFiles, checkpoint_path  # noqa: F401 (checkpoint_path: re-exported)
+from antigrok.segments import advance_segment, progress_line, segments_table, start_segment
 from antigrok.schedule import checkpoint_steps, log_spaced_steps, log_steps  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,9 @@ def save_checkpoint(path: Path, model, spec: RunSpec, step: int) -> None:
     write_atomically(path, lambda partial: torch.save(payload, partial))
 
 
-MAX_SEGMENT_STEPS = 256  # steps between two looks at the clock (resume state) when no event is due
+MAX_STEPS_BETWEEN_CLOCK_CHECKS = 256  # steps between two looks at the clock (resume state) when no event is due
+PROGRESS_EVERY_S = 600.0  # a progress line (steps/s, time left) in the job's log this often
+TRAIN_SEGMENTS = "train_segments.csv"  # beside a finished run: where each stretch of it was trained
 
 
 def run_files(spec: RunSpec, run_dir: str | Path) -> RunFiles:
@@ -301,7 +304,10 @@ def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress:
     state), ``start()``, ``advance(step, count)``, ``sync()`` (the models hold the current
     parameters), ``write_checkpoints(step, paths)``, ``wait()`` (checkpoints on disk), ``close()``.
     Returns the train logs, one per run. A resume state is saved before the events of its step,
-    so a resumed run does them exactly once.
+    so a resumed run does them exactly once. The state carries the run's training segments
+    (antigrok.segments: machine, CPU, commit, step range and wall time of each job that trained
+    it), written as train_segments.csv beside each finished run; every PROGRESS_EVERY_S the log
+    gets a progress line with the steps per second and the time left.
     """
     first = engine.specs[0]
     last_step = first.experiment_cfg["steps"]
@@ -317,11 +323,13 @@ def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress:
     if state is not None:
         step, rows = engine.restore(state)
         log.info("resuming %s from step %d", name, step)
+    segments = start_segment(state.get("segments", []) if state is not None else [], step)
     engine.start()
 
     bar = tqdm(total=last_step, initial=step, desc=name, unit="step", mininterval=5.0, smoothing=0.05,
                disable=not progress)
-    last_resume_save = time.monotonic()
+    job_started = last_resume_save = time.monotonic()
+    speed = SpeedMeter(step, job_started)
     try:
         while True:
             if step in logged or step in checkpoints:
@@ -336,14 +344,17 @@ def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress:
                 engine.write_checkpoints(step, [run.staged_checkpoint(step) for run in resume.runs])
             if step == last_step:
                 break
-            target = min(events[bisect.bisect_right(events, step)], step + MAX_SEGMENT_STEPS)
+            target = min(events[bisect.bisect_right(events, step)], step + MAX_STEPS_BETWEEN_CLOCK_CHECKS)
             engine.advance(step, target - step)
             bar.update(target - step)
             step = target
             if time.monotonic() - last_resume_save >= resume_every_s:
                 engine.wait()  # the state claims the checkpoints before it: they must be on disk
-                resume.save(engine.state(step, rows))
+                advance_segment(segments, step, time.monotonic() - job_started)
+                resume.save({**engine.state(step, rows), "segments": segments})
                 last_resume_save = time.monotonic()
+                if speed.due(last_resume_save):
+                    log.info(progress_line(name, step, last_step, speed.measure(step, last_resume_save)))
     except NonFiniteLossError:
         engine.close()
         resume.discard()
@@ -351,7 +362,26 @@ def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress:
     finally:
         engine.close()
         bar.close()
-    return resume.finish([pd.DataFrame(run_rows, columns=TRAIN_LOG_COLUMNS) for run_rows in rows])
+    advance_segment(segments, step, time.monotonic() - job_started)
+    train_logs = resume.finish([pd.DataFrame(run_rows, columns=TRAIN_LOG_COLUMNS) for run_rows in rows])
+    for run in resume.runs:
+        write_csv_atomically(segments_table(segments), run.run_dir / TRAIN_SEGMENTS)
+    return train_logs
+
+
+class SpeedMeter:
+    """Steps per second over the last ``every_s`` seconds of this job, for the progress line."""
+
+    def __init__(self, step: int, now: float, every_s: float = PROGRESS_EVERY_S):
+        self.step, self.time, self.every_s = step, now, every_s
+
+    def due(self, now: float) -> bool:
+        return now - self.time >= self.every_s
+
+    def measure(self, step: int, now: float) -> float:
+        rate = (step - self.step) / (now - self.time)
+        self.step, self.time = step, now
+        return rate
 
 
 class SingleRun:

@@ -49,6 +49,23 @@ def load_workflow_config(configfiles: Iterable[str | Path] = (), *, base: str | 
     return config
 
 
+# Keys that list which runs an experiment has, not how one run trains: adding a seed or a weight
+# decay must not retrain the runs that exist.
+RUN_LIST_KEYS = ("seeds", "weight_decays")
+
+
+def run_settings(experiment: Mapping) -> dict:
+    """What shapes each run of ``experiment``: its config without the lists of runs. The train
+    rule passes it as a param and antigrok.train.RunSpec hashes it into the run's fingerprint, so
+    a change here restarts every resumable run from step 0."""
+    return {key: value for key, value in experiment.items() if key not in RUN_LIST_KEYS}
+
+
+def format_weight_decay(value) -> str:
+    """The weight decay as it appears in run paths: wd0.0, wd0.01, wd1.0."""
+    return str(float(value))
+
+
 def describe_experiment(name: str, experiments: Mapping) -> str:
     """An experiment's model, optimizer, lr, steps, batch and dtype in one line, as the reference
     tables and figures say them (a rescaled run is always labelled with its lr and steps)."""

@@ -15,11 +15,6 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def format_weight_decay(value):
-    """The weight decay as it appears in run paths: wd0.0, wd0.01, wd1.0."""
-    return str(float(value))
-
-
 def runs():
     """Every run of the config: (experiment, weight decay as in paths, seed)."""
     return [
@@ -40,16 +35,6 @@ def run_files(filename):
 
 def experiment_config(wildcards):
     return config["experiments"][wildcards.experiment]
-
-
-# Keys that list which runs an experiment has, not how one run trains: adding a seed or a weight
-# decay must not retrain the runs that exist.
-RUN_LIST_KEYS = ("seeds", "weight_decays")
-
-
-def run_settings(experiment):
-    """What shapes each run of ``experiment``: its config without the lists of runs."""
-    return {key: value for key, value in experiment.items() if key not in RUN_LIST_KEYS}
 
 
 def experiment_json(wildcards):

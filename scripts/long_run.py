@@ -1,0 +1,119 @@
+"""Keep runs longer than a job going across jobs and machines (docs/long-runs.md).
+
+    python scripts/long_run.py restore    --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu
+    snakemake --cores 2 --configfile configs/paper_cpu.yaml --until train      (trains; continues where it stopped)
+    python scripts/long_run.py follow     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --commit
+    python scripts/long_run.py save-state --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --commit
+    python scripts/long_run.py status     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu
+
+restore: every unfinished run whose committed state is newer than the work tree's continues from
+it. analyse: each checkpoint that appeared since the last call is analysed (spectra, raw and
+centred traps, progress measures) into OUT's per-run files, with the train log, the training
+segments and the phase-edge checkpoints. follow: analyse every --analyse-every seconds until every
+run has finished, committing OUT's rows every --commit-every seconds with --commit. save-state:
+copy each run's resume state into OUT (commit it once per working period: a few MB each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from antigrok.data import load_dataset
+from antigrok.long_runs import AnalysisSettings, analyse, long_runs, restore, save_state, status_line
+from antigrok.workflow_config import load_workflow_config
+
+log = logging.getLogger("antigrok.long_run")
+
+
+def git_commit_paths(paths: list[Path], message: str) -> bool:
+    """Commit ``paths`` alone (other staged changes stay staged); False when nothing changed."""
+    subprocess.run(["git", "add", "--", *map(str, paths)], check=True)
+    changed = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *map(str, paths)]).returncode != 0
+    if changed:
+        subprocess.run(["git", "commit", "-q", "-m", message, "--", *map(str, paths)], check=True)
+    return changed
+
+
+def analyse_all(runs, config, results: Path) -> dict[str, int]:
+    settings = AnalysisSettings.from_config(config)
+    datasets = {}
+    counts = {}
+    for run in runs:
+        if not run.run_dir.exists():
+            continue
+        experiment = run.spec.experiment
+        if experiment not in datasets:
+            datasets[experiment] = load_dataset(results / "data" / f"{experiment}.pt")
+        counts[run.name] = analyse(run, datasets[experiment], settings)
+    return counts
+
+
+def rows_message(out: Path, runs) -> str:
+    lines = [status_line(run) for run in runs]
+    return f"{out}: analysed rows of the long runs\n\n" + "\n".join(lines)
+
+
+def follow(runs, config, args) -> None:
+    last_commit = time.monotonic()
+    while True:
+        counts = analyse_all(runs, config, args.results)
+        for run in runs:
+            log.info("%s (%d new checkpoints analysed)", status_line(run), counts.get(run.name, 0))
+        finished = all(run.finished for run in runs)
+        if args.commit and (finished or time.monotonic() - last_commit >= args.commit_every):
+            try:
+                if git_commit_paths([args.out / "runs"], rows_message(args.out, runs)):
+                    log.info("committed the analysed rows of %s", args.out)
+                last_commit = time.monotonic()
+            except subprocess.CalledProcessError as error:  # e.g. another git command held the index
+                log.warning("could not commit the analysed rows (%s); trying again after the next analysis", error)
+        if finished:
+            log.info("every run has finished and is analysed")
+            return
+        time.sleep(args.analyse_every)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["restore", "analyse", "follow", "save-state", "status"])
+    parser.add_argument("--configfile", nargs="+", required=True, type=Path, help="the config(s) the runs were started with")
+    parser.add_argument("--out", required=True, type=Path, help="the reference folder, e.g. docs/reference/paper_cpu")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
+    parser.add_argument("--commit", action="store_true", help="git-commit what changed under OUT (follow, save-state)")
+    parser.add_argument("--analyse-every", type=float, default=300.0, help="follow: seconds between analyses")
+    parser.add_argument("--commit-every", type=float, default=3000.0, help="follow: seconds between commits")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+
+    config = load_workflow_config(args.configfile)
+    runs = long_runs(config, args.results, args.out)
+    if args.action == "restore":
+        for run in runs:
+            print(restore(run))
+    elif args.action == "analyse":
+        counts = analyse_all(runs, config, args.results)
+        for run in runs:
+            print(f"{status_line(run)} ({counts.get(run.name, 0)} new checkpoints analysed)")
+    elif args.action == "follow":
+        follow(runs, config, args)
+    elif args.action == "save-state":
+        saved = {run.name: save_state(run) for run in runs}
+        for name, step in saved.items():
+            print(f"{name}: " + ("no state (finished or not started)" if step is None else f"state at step {step} saved"))
+        if args.commit:
+            message = f"{args.out}: resume states of the long runs\n\n" + "\n".join(
+                f"{name}: step {step}" for name, step in saved.items() if step is not None)
+            git_commit_paths([args.out / "runs"], message)
+    else:
+        for run in runs:
+            print(status_line(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
