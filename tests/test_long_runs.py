@@ -3,6 +3,7 @@ appear, moved to a fresh machine through a committed state, and guarded against 
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import torch
 from antigrok import long_runs
 from antigrok.htsr import write_spectra
 from antigrok.long_runs import AnalysisSettings, LongRun, analyse, restore, save_state, status_line
-from antigrok.phases import PhaseThresholds
+from antigrok.phases import PhaseThresholds, segment_phases
 from antigrok.progress import ProgressSettings, progress_for_checkpoints
 from antigrok.segments import progress_line, start_segment
 from antigrok.train import BatchOrder, RunSpec, SpeedMeter, train_run
@@ -139,6 +140,9 @@ def test_rows_analysed_as_checkpoints_appear_equal_the_workflow_rules(tmp_path, 
     assert_same_tables(reference_tables(run), workflow)
     train_log = pd.read_csv(run.reference_dir / "train_log.csv")
     pd.testing.assert_frame_equal(train_log, pd.read_csv(reference_run / "train_log.csv"))
+    phases = pd.read_csv(run.reference_dir / "phases.csv")
+    expected = pd.read_csv(io.StringIO(segment_phases(train_log, PhaseThresholds()).to_csv(index=False)))
+    pd.testing.assert_frame_equal(phases, expected)  # the phases rule's file of the same train log
 
 
 def test_a_run_moved_to_a_fresh_machine_continues_from_its_committed_state(tmp_path, monkeypatch, uninterrupted):

@@ -7,7 +7,8 @@ outlive the disk too. For every run of a config it keeps a *reference folder*
 (``OUT/runs/{experiment}/wd{weight_decay}/seed{seed}/``), small enough to commit:
 
     train_log.csv htsr.csv traps.csv progress.csv   the workflow's per-run files, grown checkpoint by
-                                                    checkpoint with the workflow's own functions
+    phases.csv                                      checkpoint with the workflow's own functions
+                                                    (phases provisional until the run ends)
     train_segments.csv                              each job that trained the run: machine, CPU,
                                                     commit, step range, wall time, steps/s
     checkpoints/step*.safetensors, checkpoints.csv  the checkpoints nearest the (provisional) phase
@@ -47,7 +48,9 @@ from antigrok.workflow_config import format_weight_decay, run_settings
 
 log = logging.getLogger(__name__)
 
-ANALYSED_FILES = ("train_log.csv", "htsr.csv", "traps.csv", "progress.csv")
+# Rows are written after this many checkpoints: a kill loses at most these (a fresh machine's first
+# pass over ~100 checkpoints takes minutes).
+CHECKPOINTS_PER_WRITE = 10
 # The edges whose checkpoints the tables and the mechanism need (mechanism.edges), by phases.csv column.
 EDGE_COLUMNS = {"fit": "fit_step", "grokking_start": "grokking_start_step", "peak": "peak_step",
                 "decline_start": "anti_grokking_start_step"}
@@ -212,11 +215,14 @@ def analyse(run: LongRun, dataset: dict, settings: AnalysisSettings) -> int:
     state = current_state(run)
     local = local_checkpoints(run)
     new_steps = sorted(set(local) - analysed_steps(run))
-    if new_steps:
-        analyse_checkpoints(run, [local[step] for step in new_steps], dataset, settings)
+    for start in range(0, len(new_steps), CHECKPOINTS_PER_WRITE):
+        chunk = new_steps[start:start + CHECKPOINTS_PER_WRITE]
+        analyse_checkpoints(run, [local[step] for step in chunk], dataset, settings)
     train_log = train_log_so_far(run, state)
     if train_log is not None:
         write_csv_atomically(train_log, run.reference_dir / "train_log.csv")
+        # the phases rule's file: provisional while the run trains (the peak may still move)
+        write_csv_atomically(segment_phases(train_log, settings.phases), run.reference_dir / "phases.csv")
         keep_edge_checkpoints(run, train_log, local, settings.phases)
     segments = segments_so_far(run, state)
     if segments is not None:
