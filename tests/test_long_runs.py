@@ -252,3 +252,24 @@ def test_the_script_reports_the_runs_of_a_config(tmp_path):
                             capture_output=True, text=True, check=True, cwd=ROOT)
     assert "mnist_mlp/wd0.0/seed0: no resume state" in result.stdout
     assert "mnist_mlp/wd0.01/seed0: no resume state" in result.stdout
+
+
+def test_the_hourly_commit_takes_the_reference_folder_alone(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from long_run import git_commit_paths
+
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    (tmp_path / "out" / "runs").mkdir(parents=True)
+    (tmp_path / "out" / "runs" / "htsr.csv").write_text("step\n0\n")
+    (tmp_path / "other.txt").write_text("work in progress\n")
+    subprocess.run(["git", "add", "other.txt"], check=True)  # someone else's staged change
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "t"), monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@t")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "t"), monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@t")
+    assert git_commit_paths([Path("out/runs")], "rows")
+    committed = subprocess.run(["git", "show", "--name-only", "--format=", "HEAD"], capture_output=True, text=True,
+                               check=True).stdout.split()
+    assert committed == ["out/runs/htsr.csv"]
+    assert "other.txt" in subprocess.run(["git", "diff", "--cached", "--name-only"], capture_output=True, text=True,
+                                         check=True).stdout  # still staged, not committed
+    assert not git_commit_paths([Path("out/runs")], "rows")  # nothing new: no empty commit
