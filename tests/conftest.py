@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from skipped_slurm import report_skipped_slurm_tests
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "envs", "profiles", "tests/smoke.yaml"]
@@ -94,3 +96,8 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+
+def pytest_terminal_summary(terminalreporter):
+    report_skipped_slurm_tests(terminalreporter)

@@ -8,6 +8,8 @@ What this needs, found the hard way:
   - A GPU is faked in gres.conf with `File=/dev/null` (a GPU without a File makes the node invalid).
   - munged runs as the munge user with /run/munge owned by munge.
   - A large MinJobAge keeps finished jobs visible to `squeue` (the status command without sacct).
+  - Which GPU variables a job sees for such a fake GPU depends on the SLURM version: ask the
+    cluster (``gpu_step()``) instead of assuming.
 Every daemon this starts is stopped by its PID; a munged that was already running is left alone.
 """
 
@@ -21,7 +23,10 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from antigrok.runlog import SLURM_GPU_VARIABLES
 
 SLURM_ETC = Path("/etc/slurm")
 CONFIG_FILES = ("slurm.conf", "gres.conf")
@@ -40,6 +45,23 @@ FAKE_GPU_FILES = ("/dev/null", "/dev/zero")
 # Memory is not enforced here (no cgroups, no accounting); declaring plenty lets the shipped
 # profile's requests (profiles/slurm) fit on a small CI runner unchanged.
 DECLARED_MEMORY_MB = 64000
+GPU_STEP_JOB_NAME = "antigrok-gpu-step"
+
+
+@dataclass(frozen=True)
+class GpuStep:
+    """What SLURM set in a one-GPU job step: its job id and those of SLURM_GPU_VARIABLES it set."""
+
+    job_id: str
+    variables: dict[str, str]
+
+
+def environment_without_slurm_or_gpus() -> dict[str, str]:
+    """This process's environment less SLURM's and the GPU variables: what a step sees of those
+    then comes from SLURM alone, as in the executor's job steps (which drop inherited SLURM_*)."""
+    inherited = ("SLURM_", "SRUN_", "SBATCH_")
+    return {name: value for name, value in os.environ.items()
+            if not name.startswith(inherited) and name not in SLURM_GPU_VARIABLES}
 
 
 def which(name: str) -> str | None:
@@ -61,6 +83,12 @@ def missing_requirements() -> str | None:
     if not MUNGE_KEY.exists():
         return f"no munge key at {MUNGE_KEY}: run `mungekey --create` or reinstall munge"
     return None
+
+
+def slurm_version() -> str:
+    """`slurmd -V`, e.g. ``slurm-wlm 22.05.8`` on Debian 12 (the clients' --version needs a slurm.conf)."""
+    result = subprocess.run([which("slurmd"), "-V"], capture_output=True, text=True, timeout=30)
+    return (result.stdout + result.stderr).strip()
 
 
 def free_port() -> int:
@@ -268,6 +296,19 @@ class SingleNodeSlurm:
         return text
 
     # -- queries for tests -------------------------------------------------------------------
+    def gpu_step(self) -> GpuStep:
+        """Run `srun --gpus=1 env -0` and return what SLURM set in that step: the GPU variables this
+        SLURM exports for a fake GPU, which differ between versions."""
+        result = subprocess.run(
+            ["srun", "--gpus=1", "--ntasks=1", "--mem=100", f"--job-name={GPU_STEP_JOB_NAME}", "env", "-0"],
+            capture_output=True, text=True, timeout=120, env=environment_without_slurm_or_gpus(),
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"`srun --gpus=1 env` failed ({result.returncode}): {result.stderr}" + self._logs())
+        environ = dict(entry.split("=", 1) for entry in result.stdout.split("\0") if "=" in entry)
+        variables = {name: environ[name] for name in SLURM_GPU_VARIABLES if name in environ}
+        return GpuStep(job_id=environ["SLURM_JOB_ID"], variables=variables)
+
     def job_info(self, job_id: str) -> str:
         """`scontrol show job` of one job (finished jobs stay visible: MinJobAge is large)."""
         result = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)],
