@@ -10,8 +10,9 @@ AdamW betas (0.9, 0.98), warm-up 10, cross-entropy) at one size, batch, dtype an
     p97_pre4 p 97, 50% train (4704 pairs), d_model 128, 4 heads of 32, d_mlp 512, 4 pre-LayerNorm
              blocks (the Verma-like arms; Verma 2026 states layers, p, fraction, batch, not widths)
 
-each full batch and mini-batch (``--mini-batch``, 512 = Verma's), float32 and float64, plus float32
-weights with float64 logits (``model.logits_dtype``) and the MSE loss at float32.
+each full batch and mini-batch (``--batches``; 512 = Verma's), float32 and float64, float32 weights
+with float64 logits (``model.logits_dtype``) and the MSE loss at float32 (``--precisions``; the MSE
+loss at float64, the MLP's recipe, on request).
 
 A step is timed exactly as ``train_run`` takes it: ``antigrok.train.SingleRun`` (model, AdamW, batch
 order, step object) advanced ``--steps`` steps, ``--repeats`` times, after ``--warmup`` untimed steps.
@@ -26,8 +27,10 @@ median of the repeats is reported, the fastest beside it.
 of one core's CPU time at the median costs (checkpoints and the resume state are not counted: a few
 hundred small files).
 
-    python benchmarks/modadd_pilot.py                       # every configuration, a markdown table
-    python benchmarks/modadd_pilot.py --only p53 --steps 5  # a quick look
+    python benchmarks/modadd_pilot.py                        # the default grid, a markdown table
+    python benchmarks/modadd_pilot.py --sizes p53 --steps 5  # a quick look
+    python benchmarks/modadd_pilot.py --sizes p53 p53_pre4 --batches 128 156 200 \
+        --precisions float32 "float64, MSE"                  # the search's mini-batch arms
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ PRECISIONS = {
     "float64": ("float64", None, "cross_entropy"),
     "float32+float64 logits": ("float32", "float64", "cross_entropy"),
     "float32, MSE": ("float32", None, "mse"),
+    "float64, MSE": ("float64", None, "mse"),
 }
 
 
@@ -145,22 +149,17 @@ def markdown_row(values: list) -> str:
     return "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values) + " |"
 
 
-def configurations(only: list[str] | None, mini_batch: int) -> list[tuple[str, str, int | None]]:
-    """(size, precision, batch) of the pilot: every size full and mini-batch in float32 and float64;
-    the float64-logits and MSE variants at float32 full batch and mini-batch."""
-    chosen = []
-    for size in SIZES:
-        if only and size not in only:
-            continue
-        for batch in (None, mini_batch):
-            chosen += [(size, precision, batch) for precision in PRECISIONS]
-    return chosen
+def configurations(sizes: list[str], batches: list[str], precisions: list[str]) -> list[tuple[str, str, int | None]]:
+    """(size, precision, batch) of the pilot: every combination; batch ``full`` is None."""
+    return [(size, precision, None if batch == "full" else int(batch))
+            for size in sizes for batch in batches for precision in precisions]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="+", choices=list(SIZES), help="sizes to time (default: all)")
-    parser.add_argument("--mini-batch", type=int, default=512)
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--batches", nargs="+", default=["full", "512"], help="'full' or a batch size")
+    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS)[:4])
     parser.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
@@ -175,7 +174,7 @@ def main(argv=None) -> int:
           f"steps in budget: {args.budget_hours:g} h of one core's CPU time (log rows included)\n")
     print(markdown_row([title for _, title in COLUMNS]))
     print("|" + "---|" * len(COLUMNS), flush=True)
-    for size, precision, batch in configurations(args.only, args.mini_batch):
+    for size, precision, batch in configurations(args.sizes, args.batches, args.precisions):
         row = measure(size, precision, batch, args)
         print(markdown_row([row[key] for key, _ in COLUMNS]), flush=True)
     print(f"\n# load average {os.getloadavg()[0]:.1f} at the end")
