@@ -15,10 +15,10 @@ from antigrok.models import Transformer, build_model, relu_modules
 from antigrok.train import RunSpec, learning_rate, load_checkpoint, train_run
 
 
-def transformer_cfg(modulus: int, d_model: int = 16, num_heads: int = 4, num_layers: int = 1) -> dict:
+def transformer_cfg(modulus: int, d_model: int = 16, num_heads: int = 4, num_layers: int = 1, **options) -> dict:
     return {"name": "transformer", "d_vocab": modulus + 1, "n_ctx": 3, "d_model": d_model,
             "num_heads": num_heads, "d_head": d_model // num_heads, "d_mlp": 4 * d_model,
-            "num_layers": num_layers}
+            "num_layers": num_layers, **options}
 
 
 def experiment_cfg(modulus: int, steps: int, d_model: int = 16) -> dict:
@@ -131,23 +131,34 @@ def test_a_transformer_config_without_its_sizes_is_an_error_that_names_them():
                      "num_layers": 1})
 
 
+def layer_norm(x: torch.Tensor, module: nn.LayerNorm) -> torch.Tensor:
+    """LayerNorm written out: (x - mean) / sqrt(biased variance + eps) * gain + bias."""
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + module.eps) * module.weight + module.bias
+
+
 def reference_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
-    """Nanda et al.'s forward pass, every position through every block, written out with einsum."""
+    """Nanda et al.'s forward pass, every position through every block, written out with einsum
+    (with ``layer_norm: pre``: each branch's input normalised, and the residual before the unembedding)."""
     x = model.embed.weight[tokens] + model.pos_embed.weight[: tokens.shape[1]]
     length = tokens.shape[1]
     causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
     for block in model.blocks:
         attn, heads, d_head = block.attn, block.attn.num_heads, block.attn.d_head
         q, k, v = (m.weight.view(heads, d_head, -1) for m in (attn.q, attn.k, attn.v))
-        queries = torch.einsum("ihd,bpd->biph", q, x)
-        keys = torch.einsum("ihd,bpd->biph", k, x)
-        values = torch.einsum("ihd,bpd->biph", v, x)
+        h = layer_norm(x, block.ln1) if model.pre_layer_norm else x
+        queries = torch.einsum("ihd,bpd->biph", q, h)
+        keys = torch.einsum("ihd,bpd->biph", k, h)
+        values = torch.einsum("ihd,bpd->biph", v, h)
         scores = torch.einsum("biph,biqh->biqp", keys, queries) / math.sqrt(d_head)
         pattern = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
         z = torch.einsum("biph,biqp->biqh", values, pattern)
         x = x + torch.einsum("df,bqf->bqd", attn.o.weight, z.permute(0, 2, 1, 3).flatten(2))
-        hidden = F.relu(x @ block.mlp.fc_in.weight.T + block.mlp.fc_in.bias)
+        h = layer_norm(x, block.ln2) if model.pre_layer_norm else x
+        hidden = F.relu(h @ block.mlp.fc_in.weight.T + block.mlp.fc_in.bias)
         x = x + hidden @ block.mlp.fc_out.weight.T + block.mlp.fc_out.bias
+    if model.pre_layer_norm:
+        x = layer_norm(x, model.ln_final)
     return (x @ model.unembed.weight.T)[:, -1]
 
 
@@ -160,6 +171,59 @@ def test_forward_on_known_tokens_equals_the_full_computation(num_layers):
     assert logits.shape == (4, p + 1)
     torch.testing.assert_close(logits, reference_logits(model, tokens), rtol=1e-12, atol=1e-12)
     assert not torch.allclose(logits[1], logits[2])  # the answer depends on a and b
+
+
+@pytest.mark.parametrize("num_layers", [1, 4])
+def test_pre_layer_norm_forward_equals_the_full_computation(num_layers):
+    p = 7
+    model = build_model(transformer_cfg(p, d_model=16, num_layers=num_layers, layer_norm="pre"), "float64", seed=1)
+    with torch.no_grad():  # gains and biases away from their init (1, 0), so that the test sees them
+        for name, parameter in model.named_parameters():
+            if ".ln" in name or name.startswith("ln_final"):
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    tokens = torch.tensor([[0, 0, p], [3, 4, p], [6, 6, p], [4, 3, p]])
+    torch.testing.assert_close(model(tokens), reference_logits(model, tokens), rtol=1e-12, atol=1e-12)
+
+
+def test_pre_layer_norm_adds_only_one_dimensional_layer_norms_and_keeps_the_other_init():
+    plain = build_model(transformer_cfg(113, d_model=128), "float64", seed=3).state_dict()
+    pre = build_model(transformer_cfg(113, d_model=128, layer_norm="pre"), "float64", seed=3).state_dict()
+    added = sorted(set(pre) - set(plain))
+    assert added == ["blocks.0.ln1.bias", "blocks.0.ln1.weight", "blocks.0.ln2.bias", "blocks.0.ln2.weight",
+                     "ln_final.bias", "ln_final.weight"]
+    assert all(pre[name].ndim == 1 for name in added)
+    assert torch.all(pre["ln_final.weight"] == 1) and torch.all(pre["blocks.0.ln1.bias"] == 0)
+    assert all(torch.equal(pre[name], plain[name]) for name in plain)  # the same draws, in the same order
+    none = build_model(transformer_cfg(113, d_model=128, layer_norm="none"), "float64", seed=3).state_dict()
+    assert none.keys() == plain.keys()
+
+
+def test_float64_logits_with_float32_weights():
+    """The loss sees float64 logits (no float32 softmax underflow), the weights and their gradients stay float32."""
+    p = 7
+    cfg = transformer_cfg(p, d_model=16, logits_dtype="float64")
+    model = build_model(cfg, "float32", seed=0)
+    tokens = torch.tensor([[1, 2, p], [3, 4, p]])
+    logits = model(tokens)
+    assert logits.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32
+    F.cross_entropy(logits, torch.tensor([3, 0])).backward()
+    assert all(parameter.grad.dtype == torch.float32 for parameter in model.parameters())
+    plain = build_model(transformer_cfg(p, d_model=16), "float32", seed=0)
+    torch.testing.assert_close(logits, plain(tokens).double())  # the same float32 logits, cast
+    # at a margin of 25 float32's loss and correct-class gradient are exactly 0 (softmax collapse,
+    # past ~17), float64's are not
+    for dtype, collapsed in ((torch.float32, True), (torch.float64, False)):
+        confident = torch.tensor([[25.0, 0.0, 0.0]], dtype=dtype, requires_grad=True)
+        loss = F.cross_entropy(confident, torch.tensor([0]))
+        loss.backward()
+        assert (loss.item() == 0.0) is collapsed and (confident.grad[0, 0].item() == 0.0) is collapsed, dtype
+
+
+def test_transformer_options_are_refused_for_an_mlp_and_unknown_values_are_named():
+    with pytest.raises(ValueError, match="model.logits_dtype is a transformer option"):
+        build_model({"name": "mlp", "widths": [4, 3], "logits_dtype": "float64"})
+    with pytest.raises(ValueError, match="model.layer_norm is 'post'"):
+        build_model(transformer_cfg(5, d_model=8, layer_norm="post"))
 
 
 @torch.no_grad()

@@ -4,7 +4,9 @@ import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
 
+from antigrok.train import RunSpec
 from antigrok.workflow_config import (
+    SCHEMA,
     batched_unsupported_reason,
     describe_experiment,
     load_workflow_config,
@@ -64,3 +66,33 @@ def test_the_experiment_label_carries_lr_and_steps():
     assert describe_experiment("mnist_lr5e-3", experiments) == (
         "mnist_lr5e-3: mlp 784-200-200-10, adamw lr 0.005, 200000 steps, batch 200, float64")
     assert "lr and steps unknown" in describe_experiment("other", experiments)
+
+
+SHIPPED_CONFIGS = [None, REPO / "tests" / "smoke.yaml",
+                   *sorted(path for path in (REPO / "configs").glob("*.yaml") if path.name != "llm.yaml")]
+
+
+TRANSFORMER_OPTIONS = ("layer_norm", "logits_dtype")
+
+
+@pytest.mark.parametrize("configfile", SHIPPED_CONFIGS, ids=lambda path: path.name if path else "config.yaml")
+def test_the_transformer_options_change_no_shipped_experiments_settings(configfile, tmp_path):
+    """model.layer_norm and model.logits_dtype have no schema default: a config that does not give
+    them has the run settings (so the RunSpec fingerprints and the train params) it had before the
+    schema knew them. A config that gives them is new and is refused by the schema without them."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    model = schema["properties"]["experiments"]["additionalProperties"]["properties"]["model"]["properties"]
+    for key in TRANSFORMER_OPTIONS:
+        assert "default" not in model.pop(key), key
+    old_schema = tmp_path / "schema_before_the_options.yaml"
+    old_schema.write_text(yaml.safe_dump(schema))
+    configfiles = [configfile] if configfile else []
+    settings = load_workflow_config(configfiles)["experiments"]
+    if any(key in experiment["model"] for experiment in settings.values() for key in TRANSFORMER_OPTIONS):
+        with pytest.raises(WorkflowError, match="Additional properties are not allowed"):
+            load_workflow_config(configfiles, schema=old_schema)
+        return
+    before = load_workflow_config(configfiles, schema=old_schema)["experiments"]
+    assert settings == before
+    assert [RunSpec(name, settings[name], 0.0, 0).fingerprint() for name in settings] == \
+        [RunSpec(name, before[name], 0.0, 0).fingerprint() for name in before]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+TRANSFORMER_OPTIONS = ("layer_norm", "logits_dtype")  # model keys only a transformer reads
 
 
 class MLP(nn.Module):
@@ -102,16 +103,26 @@ class TransformerMLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Residual attention then residual MLP; no LayerNorm (Nanda et al. train without it)."""
+    """Residual attention then residual MLP. Without LayerNorm by default (Nanda et al. train
+    without it); ``pre_layer_norm``: ``ln1`` before the attention and ``ln2`` before the MLP, on
+    the residual branch only (pre-LN, as GPT-2), so the residual stream itself is never normalised."""
 
-    def __init__(self, d_model: int, num_heads: int, d_head: int, d_mlp: int):
+    def __init__(self, d_model: int, num_heads: int, d_head: int, d_mlp: int, pre_layer_norm: bool = False):
         super().__init__()
+        # Modules are created only when used: a block without LayerNorm has exactly the
+        # parameters, names and init draws it always had.
+        if pre_layer_norm:
+            self.ln1 = nn.LayerNorm(d_model)
         self.attn = Attention(d_model, num_heads, d_head)
+        if pre_layer_norm:
+            self.ln2 = nn.LayerNorm(d_model)
         self.mlp = TransformerMLP(d_model, d_mlp)
+        self.pre_layer_norm = pre_layer_norm
 
     def forward(self, x: torch.Tensor, num_queries: int) -> torch.Tensor:
-        x = x[:, x.shape[1] - num_queries:] + self.attn(x, num_queries)
-        return x + self.mlp(x)
+        attn_input = self.ln1(x) if self.pre_layer_norm else x
+        x = x[:, x.shape[1] - num_queries:] + self.attn(attn_input, num_queries)
+        return x + self.mlp(self.ln2(x) if self.pre_layer_norm else x)
 
 
 class Transformer(nn.Module):
@@ -125,19 +136,36 @@ class Transformer(nn.Module):
     The last block computes only the last position: the logits never depend on the others, so
     the outputs and gradients are those of the full computation at a third of the MLP's cost,
     and a hook on the last ReLU sees exactly the activations the answer is computed from.
+
+    Options (absent from a config = Nanda et al.'s model): ``layer_norm: pre`` adds a LayerNorm
+    before each block's attention and MLP and one before the unembedding (``ln_final``; 1-D
+    parameters, which the spectral analysis skips); ``logits_dtype`` casts the logits to that
+    dtype, so the loss and its softmax are computed in it while the weights keep the run's dtype
+    (the gradient flows back through the cast in the weights' dtype).
     """
 
     CONFIG_KEYS = ("d_vocab", "n_ctx", "d_model", "num_heads", "d_head", "d_mlp", "num_layers")
+    LAYER_NORMS = ("none", "pre")
 
     def __init__(self, d_vocab: int, n_ctx: int, d_model: int, num_heads: int, d_head: int,
-                 d_mlp: int, num_layers: int):
+                 d_mlp: int, num_layers: int, layer_norm: str = "none", logits_dtype: str | None = None):
         super().__init__()
+        if layer_norm not in self.LAYER_NORMS:
+            raise ValueError(f"model.layer_norm is {layer_norm!r}; choose one of {', '.join(self.LAYER_NORMS)}")
+        if logits_dtype is not None and logits_dtype not in DTYPES:
+            raise ValueError(f"model.logits_dtype is {logits_dtype!r}; choose one of {', '.join(DTYPES)}")
+        pre_layer_norm = layer_norm == "pre"
         self.embed = nn.Embedding(d_vocab, d_model)
         self.pos_embed = nn.Embedding(n_ctx, d_model)
         self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, num_heads, d_head, d_mlp) for _ in range(num_layers)
+            TransformerBlock(d_model, num_heads, d_head, d_mlp, pre_layer_norm) for _ in range(num_layers)
         )
+        if pre_layer_norm:
+            self.ln_final = nn.LayerNorm(d_model)
         self.unembed = nn.Linear(d_model, d_vocab, bias=False)
+        self.pre_layer_norm = pre_layer_norm
+        # A plain attribute, not a buffer: model.to(dtype) must not change it.
+        self.logits_dtype = DTYPES[logits_dtype] if logits_dtype is not None else None
         self.reset_parameters()
 
     @classmethod
@@ -148,14 +176,20 @@ class Transformer(nn.Module):
                 f"experiments.<name>.model of a transformer lacks {', '.join(missing)}; "
                 f"give all of {', '.join(cls.CONFIG_KEYS)} (d_vocab = modulus + 1 for modadd)"
             )
-        return cls(**{key: int(model_cfg[key]) for key in cls.CONFIG_KEYS})
+        return cls(**{key: int(model_cfg[key]) for key in cls.CONFIG_KEYS},
+                   layer_norm=model_cfg.get("layer_norm", "none"), logits_dtype=model_cfg.get("logits_dtype"))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Nanda et al.'s init: every matrix N(0, 1/d_model) except the unembedding, N(0, 1/d_vocab);
-        MLP biases zero (their ``randn(...) / sqrt(d)``, in nn.Linear's (out, in) layout)."""
+        MLP biases zero (their ``randn(...) / sqrt(d)``, in nn.Linear's (out, in) layout).
+        LayerNorms (``layer_norm: pre``) keep their own init, gain 1 and bias 0, and draw nothing."""
         d_model, d_vocab = self.embed.embedding_dim, self.embed.num_embeddings
+        layer_norm_parameters = {id(parameter) for module in self.modules() if isinstance(module, nn.LayerNorm)
+                                 for parameter in module.parameters()}
         for name, parameter in self.named_parameters():
+            if id(parameter) in layer_norm_parameters:
+                continue
             if name.endswith(".bias"):
                 nn.init.zeros_(parameter)
             elif name == "unembed.weight":
@@ -169,7 +203,9 @@ class Transformer(nn.Module):
         for index, block in enumerate(self.blocks):
             is_last = index == len(self.blocks) - 1
             x = block(x, num_queries=1 if is_last else x.shape[1])
-        return self.unembed(x[:, -1])
+        last = self.ln_final(x[:, -1]) if self.pre_layer_norm else x[:, -1]
+        logits = self.unembed(last)
+        return logits if self.logits_dtype is None else logits.to(self.logits_dtype)
 
 
 @torch.no_grad()
@@ -190,6 +226,9 @@ def build_model(model_cfg: dict, dtype: str = "float64", seed: int | None = None
         if seed is not None:
             torch.manual_seed(seed)
         if name == "mlp":
+            transformer_only = [key for key in TRANSFORMER_OPTIONS if key in model_cfg]
+            if transformer_only:
+                raise ValueError(f"model.{transformer_only[0]} is a transformer option; remove it from the mlp model")
             model = MLP(model_cfg["widths"])
         elif name == "transformer":
             model = Transformer.from_config(model_cfg)
