@@ -128,6 +128,39 @@ class WarningRule:
         if not self.all_of and not math.isfinite(self.threshold):
             raise ValueError(f"{where}: needs a finite threshold")
 
+    def describe(self) -> str:
+        """The condition in words, e.g. "mean alpha of fc1, fc2 below 2" or "l2_norm / its value at
+        arming above 1.3, 2 checkpoints in a row"."""
+        if self.all_of:
+            condition = "all of " + ", ".join(self.all_of)
+        else:
+            subject = self.statistic
+            if self.layers:
+                several = len(self.layers) > 1
+                which = {"mean": "", "any": "any of " if several else "", "all": "each of " if several else ""}
+                subject = ("mean " if self.combine == "mean" and several else "") + \
+                    f"{self.statistic} of {which[self.combine]}{', '.join(self.layers)}"
+            subject += {"none": "", "ratio": " / its value at arming", "difference": " - its value at arming"}[
+                self.baseline]
+            if self.compare == "departs":
+                condition = (f"{subject}: slope against log step more than {self.threshold:g} robust SDs from "
+                             f"the median of its last {self.window} slopes")
+            else:
+                condition = f"{subject} {self.compare.replace('_', ' ')} {self.threshold:g}"
+        return condition + (f", {self.persist} checkpoints in a row" if self.persist > 1 else "")
+
+    def definition(self, rules_by_name: Mapping[str, "WarningRule"]) -> tuple:
+        """What the rule computes, its name, origin and description aside: two rules with the same
+        definition fire at the same steps of every run. ``rules_by_name`` resolves all_of parts."""
+        if self.all_of:
+            parts = sorted((rules_by_name[name].definition(rules_by_name) for name in self.all_of), key=repr)
+            return ("all_of", tuple(parts), self.persist)
+        # over one layer (or a model-wide statistic) mean, any and all agree
+        combine = self.combine if len(self.layers) > 1 else "any"
+        departs = self.compare == "departs"
+        return (self.statistic, tuple(sorted(self.layers)), combine, self.compare, float(self.threshold), self.baseline,
+                self.persist, self.window if departs else None, self.scale_floor if departs else None)
+
 
 def rules_from_config(entries: Iterable[Mapping]) -> list[WarningRule]:
     """The rules of ``warning_rules.rules``, checked: names unique, all_of naming earlier rules."""
@@ -223,16 +256,26 @@ def run_outcome(alarm_step, edges) -> dict:
     }
 
 
+def rule_firings(rules: list[WarningRule], htsr, traps, progress, armed_from: int | None) -> dict[str, list[int]]:
+    """Every firing step of each rule over one run's checkpoints (frames of that run only), armed
+    from ``armed_from``; no firing while it is None (not armed). ``rules`` lists an all_of rule's
+    parts before it, as rules_from_config checks."""
+    conditions, firings = {}, {}
+    for rule in rules:
+        conditions[rule.name] = rule_condition(rule, htsr, traps, progress, armed_from, conditions)
+        armed = armed_from is not None
+        firings[rule.name] = firing_steps(conditions[rule.name], armed_from, rule.persist) if armed else []
+    return firings
+
+
 def evaluate_run(rules: list[WarningRule], htsr, traps, progress, phases) -> pd.DataFrame:
     """One row per rule for one run (frames of that run only): firings, outcome, leads, cost."""
     edges = edges_from_phases(phases)
     curve = accuracy_curve(phases)
-    armed = edges.fit_step is not None
-    conditions, rows = {}, []
+    firings_of = rule_firings(rules, htsr, traps, progress, edges.fit_step)
+    rows = []
     for rule in rules:
-        condition = rule_condition(rule, htsr, traps, progress, edges.fit_step, conditions)
-        conditions[rule.name] = condition
-        firings = firing_steps(condition, edges.fit_step, rule.persist) if armed else []
+        firings = firings_of[rule.name]
         alarm_step = firings[0] if firings else None
         at_alarm, at_peak = accuracy_at(curve, alarm_step), accuracy_at(curve, edges.peak_step)
         rows.append({

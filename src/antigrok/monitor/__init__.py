@@ -1,21 +1,25 @@
-"""Watch a training run as it happens: the data-free early warning of anti-grokking.
+"""Watch a training run as it happens: a live record of the weights' HTSR statistics, and alarms.
 
 ``SpectralMonitor(model, every_n_steps=..., csv_path=...)`` looks at a model's 2-D weights every
 so many optimizer steps, analyses them with the workflow's own spectral engine
 (``antigrok.htsr``: the same function and seeding as the ``spectra`` rule, so a monitored step
-gives the numbers a checkpoint of it would), appends one row per layer to a CSV, and evaluates
-the detector's alarms with the detector's own code (``antigrok.detector``: ``spectral_conditions``
-and ``firing_steps``, the functions that write detectors.csv):
+gives the numbers a checkpoint of it would: alpha, raw and centred Correlation Traps, the MP fit)
+and appends one row per layer to a CSV, to plot and compare. It evaluates alarms on those rows
+with the workflow's own code: the detector's three (``antigrok.detector``: ``spectral_conditions``
+and ``firing_steps``, the functions that write detectors.csv)
 
     alpha_below_critical   mean alpha of ``average_layers`` below ``alpha_critical``
     correlation_trap       at least ``trap_min`` Correlation Traps in any analysed layer
     alpha_and_trap         both at the same step
 
-counted from the step the monitor is armed (``arm_from_step``, or the first step at which
-``arm_when(metrics)`` holds, e.g. train accuracy reached), each firing once its condition has
-held ``min_consecutive`` analysed steps in a row, and re-arming once it clears. A firing issues a
-``SpectralAlarmWarning`` naming the alarm, step, layers and values, and, for the alarms in
-``stop_on``, sets ``should_stop``.
+and any ``rules`` of the detector study's ``warning_rules`` format (``antigrok.warning_rules``:
+the frozen rules of configs/detector_study.yaml, ``antigrok.rule_worth.study_rules()``, or your
+own), counted from the step the monitor is armed (``arm_from_step``, or the first step at which
+``arm_when(metrics)`` holds, e.g. train accuracy reached). A firing issues a
+``SpectralAlarmWarning`` naming the alarm, step, layers and values, and what the detector
+studies measured the alarm to be worth (``antigrok.rule_worth``; ``monitor.worth`` holds the
+table). On their held-out runs no alarm told a run that would collapse from one that would not
+(docs/monitor.md): an alarm is a record to look at, not a reason to stop.
 
 The analysis runs off the training thread (``background="thread"``, the default, or
 ``"process"``): the training thread only copies the weights (to float64 on the CPU) and, at the
@@ -31,22 +35,26 @@ import logging
 import math
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
+from antigrok.detector import SPECTRAL_ALARMS
 from antigrok.htsr import DEFAULT_ENGINE, HTSR_COLUMNS, MIN_EVALS, analyze_with_traps, weight_matrices
 from antigrok.htsr import analyze_weights, htsr_table  # noqa: F401 (importable from here before)
+from antigrok.monitor.alarms import Alarm, AlarmWatch, RuleAlarm, RuleWatch
+from antigrok.progress import l2_norm
 from antigrok.traps import compute_traps  # noqa: F401 (importable from here before)
-from antigrok.detector import SPECTRAL_ALARMS, firing_steps, mean_alpha, spectral_conditions
+from antigrok.warning_rules import WarningRule
 
 __all__ = [
     "Alarm",
     "AlarmWatch",
     "MONITOR_COLUMNS",
+    "RuleAlarm",
+    "RuleWatch",
     "SpectralAlarmWarning",
     "SpectralMonitor",
     "analyze_snapshot",
@@ -62,32 +70,9 @@ BACKGROUNDS = ("thread", "process", None)
 
 
 class SpectralAlarmWarning(UserWarning):
-    """An alarm of the spectral monitor fired (the message names alarm, step, layers, values)."""
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """One firing of one alarm at one analysed step."""
-
-    name: str
-    step: int
-    mean_alpha: float
-    alpha_critical: float
-    alpha_by_layer: dict = field(default_factory=dict)
-    traps_by_layer: dict = field(default_factory=dict)  # layers with >= trap_min traps
-    trap_min: int = 1
-
-    @property
-    def message(self) -> str:
-        layers = ", ".join(self.alpha_by_layer)
-        parts = [f"mean alpha of {layers} = {self.mean_alpha:.3f} (critical {self.alpha_critical:g})"]
-        parts.append(
-            "Correlation Traps: " + ", ".join(f"{layer}: {count}" for layer, count in self.traps_by_layer.items())
-            if self.traps_by_layer
-            else f"no layer with >= {self.trap_min} Correlation Traps"
-        )
-        per_layer = ", ".join(f"{layer} {alpha:.3f}" for layer, alpha in self.alpha_by_layer.items())
-        return f"antigrok alarm {self.name} at step {self.step}: " + "; ".join(parts) + f" (alpha per layer: {per_layer})"
+    """An alarm of the spectral monitor fired. The message names alarm, step, layers and values,
+    and what the detector studies measured the alarm to be worth: no alarm they scored told a run
+    that would collapse from one that would not."""
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -121,93 +106,6 @@ def _analysable_layers(model) -> dict[str, tuple[int, ...]]:
     return {name: matrix.shape for name, matrix in weight_matrices(model.state_dict()).items()}
 
 
-# ----------------------------------------------------------------------------- alarms
-
-
-class AlarmWatch:
-    """The alarms over a growing history of monitor rows: the detector's spectral alarms
-    (``antigrok.detector.spectral_conditions``) fired by ``antigrok.detector.firing_steps``, as the
-    workflow's detectors rule does for a finished run.
-
-    ``update(rows)`` adds the rows of newly analysed steps and returns the firings not reported
-    before; ``arm(step)`` arms the alarms from ``step`` on (the earliest arming counts).
-    """
-
-    def __init__(self, average_layers: Iterable[str], alpha_critical: float = 2.0, trap_min: int = 1,
-                 min_consecutive: int = 1, alarms: Iterable[str] = SPECTRAL_ALARMS,
-                 armed_from: int | None = None):
-        self.average_layers = list(average_layers)
-        self.alpha_critical = float(alpha_critical)
-        self.trap_min = int(trap_min)
-        self.min_consecutive = int(min_consecutive)
-        self.alarms = tuple(alarms)
-        unknown = set(self.alarms) - set(SPECTRAL_ALARMS)
-        if unknown:
-            raise ValueError(f"unknown alarms {sorted(unknown)}; known: {', '.join(SPECTRAL_ALARMS)}")
-        if self.min_consecutive < 1:
-            raise ValueError(f"min_consecutive must be >= 1 analysed steps, got {min_consecutive}")
-        if self.trap_min < 1:
-            raise ValueError(f"trap_min must be >= 1, got {trap_min}")
-        self.armed_from = armed_from
-        self._frames: list[pd.DataFrame] = []
-        self._history: pd.DataFrame | None = None
-        self._reported: set[tuple[str, int]] = set()
-        self.fired: list[Alarm] = []
-
-    @property
-    def history(self) -> pd.DataFrame:
-        if self._history is None:
-            self._history = pd.concat(self._frames, ignore_index=True) if self._frames else pd.DataFrame(
-                columns=["step", "layer", "alpha", "num_traps"])
-        return self._history
-
-    def arm(self, step: int) -> list[Alarm]:
-        step = int(step)
-        if self.armed_from is None or step < self.armed_from:
-            self.armed_from = step
-        return self._new_firings()
-
-    def update(self, rows: pd.DataFrame) -> list[Alarm]:
-        self._frames.append(rows)
-        self._history = None
-        return self._new_firings()
-
-    def firings(self) -> dict[str, list[int]]:
-        """Every firing step so far, per alarm (empty while not armed)."""
-        if self.armed_from is None or not self._frames:
-            return {name: [] for name in self.alarms}
-        history = self.history
-        conditions = spectral_conditions(history, history, self.average_layers, self.alpha_critical, self.trap_min)
-        return {name: firing_steps(conditions[name][2], self.armed_from, self.min_consecutive) for name in self.alarms}
-
-    def _new_firings(self) -> list[Alarm]:
-        new = []
-        for name, steps in self.firings().items():
-            for step in steps:
-                if (name, step) not in self._reported:
-                    self._reported.add((name, step))
-                    new.append(self._alarm(name, step))
-        new.sort(key=lambda alarm: (alarm.step, self.alarms.index(alarm.name)))
-        self.fired.extend(new)
-        return new
-
-    def _alarm(self, name: str, step: int) -> Alarm:
-        at_step = self.history[self.history["step"] == step]
-        alpha = at_step.set_index("layer")["alpha"].astype(float)
-        traps = at_step.set_index("layer")["num_traps"]
-        trapped = {layer: int(count) for layer, count in traps.items() if pd.notna(count) and count >= self.trap_min}
-        mean = mean_alpha(at_step, self.average_layers)
-        return Alarm(
-            name=name,
-            step=int(step),
-            mean_alpha=float(mean.iloc[0]) if len(mean) else math.nan,
-            alpha_critical=self.alpha_critical,
-            alpha_by_layer={layer: float(alpha.get(layer, math.nan)) for layer in self.average_layers},
-            traps_by_layer=trapped,
-            trap_min=self.trap_min,
-        )
-
-
 # ----------------------------------------------------------------------------- the monitor
 
 
@@ -230,10 +128,21 @@ class SpectralMonitor:
     Alarms as the workflow's detector: ``alpha_critical``, ``trap_min`` (at
     ``tracy_widom_scale``), ``min_consecutive``; armed from ``arm_from_step`` or, with
     ``arm_when``, from the first step at which ``arm_when(metrics)`` is true for the keyword
-    metrics given to :meth:`step` (e.g. ``arm_when=lambda m: m["train_acc"] >= 0.99``).
-    ``alarms``: which of SPECTRAL_ALARMS to watch; ``stop_on``: those (a name, a list, or True for
-    all watched) whose firing sets ``should_stop``; ``on_alarm(alarm)`` and
-    ``on_analysis(step, rows)`` are called on the training thread.
+    metrics given to :meth:`step` (e.g. ``arm_when=lambda m: m["train_acc"] >= 0.99``, as the
+    studies armed at the fit). ``alarms``: which of SPECTRAL_ALARMS to watch (``()`` for none).
+    ``rules``: warning rules of the detector study's format (WarningRule objects or
+    ``warning_rules.rules`` entries as dicts, e.g. ``antigrok.rule_worth.study_rules([...])``),
+    watched as the study scored them: on the analysed steps, armed with the alarms, firing once a
+    rule's condition has held ``persist`` analysed steps in a row. A rule on a model-wide
+    statistic reads it from the metrics given to :meth:`step` at the analysed step (e.g.
+    ``activation_sparsity=...``); ``l2_norm``, when not given, is computed from the weights as
+    progress.csv computes it. ``monitor.worth``: what the detector studies measured each watched
+    alarm and rule to be worth; each firing's warning says it in one line.
+
+    ``stop_on``: the alarms and rules (a name, a list, or True for all watched) whose firing sets
+    ``should_stop``. The detector studies found no alarm that tells a run that will collapse from
+    one that will not, so stopping on one stops healthy runs too (docs/monitor.md#what-the-alarms-are-worth).
+    ``on_alarm(alarm)`` and ``on_analysis(step, rows)`` are called on the training thread.
 
     ``background``: "thread" (default), "process" (a worker process, fork where the platform
     has it; under spawn the training script needs its ``if __name__ == "__main__":`` guard) or
@@ -258,8 +167,9 @@ class SpectralMonitor:
         arm_from_step: int | None = 0,
         arm_when: Callable[[dict], bool] | None = None,
         alarms: Iterable[str] = SPECTRAL_ALARMS,
+        rules: Iterable[WarningRule | Mapping] | None = None,
         stop_on: str | Iterable[str] | bool | None = None,
-        on_alarm: Callable[[Alarm], None] | None = None,
+        on_alarm: Callable[[Alarm | RuleAlarm], None] | None = None,
         on_analysis: Callable[[int, pd.DataFrame], None] | None = None,
         background: str | None = "thread",
         max_pending: int = 2,
@@ -303,12 +213,17 @@ class SpectralMonitor:
         self.on_analysis = on_analysis
         self.background = background
         self.max_pending = int(max_pending)
+        armed_from = None if arm_when is not None else arm_from_step
         self.watch = AlarmWatch(self.average_layers, alpha_critical, trap_min, min_consecutive, alarms,
-                                armed_from=None if arm_when is not None else arm_from_step)
+                                armed_from=armed_from, trap_layers=self.layers, tracy_widom_scale=tracy_widom_scale)
+        self.rule_watch = RuleWatch(rules or (), armed_from=armed_from, tracy_widom_scale=tracy_widom_scale)
+        self._check_rules()
         self._arm_from_step = arm_from_step
+        self._fired: list[Alarm | RuleAlarm] = []
+        self._warned_missing_statistics: set[str] = set()
         self.stop_on = self._stop_alarms(stop_on)
         self.should_stop = False
-        self.stop_alarm: Alarm | None = None
+        self.stop_alarm: Alarm | RuleAlarm | None = None
         self.csv_path = Path(csv_path) if csv_path is not None else None
         if self.csv_path is not None:
             self.csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +231,7 @@ class SpectralMonitor:
                 pd.DataFrame(columns=MONITOR_COLUMNS).to_csv(self.csv_path, index=False)
         self.current_step = 0
         self._analysed: set[int] = set()
-        self._pending: collections.deque[tuple[int, Future]] = collections.deque()
+        self._pending: collections.deque[tuple[int, Future, dict]] = collections.deque()
         self._executor: Executor | None = None
         self._warned_missing_average = False
         self.closed = False
@@ -332,15 +247,15 @@ class SpectralMonitor:
         self.current_step = self.current_step + 1 if step is None else int(step)
         fired = []
         if self.arm_when is not None and self.watch.armed_from is None and self._armable(metrics):
-            fired += self.watch.arm(self.current_step)
+            fired += self._arm(self.current_step)
         if self._due(self.current_step):
-            fired += self._submit(self.current_step)
+            fired += self._submit(self.current_step, metrics)
         fired += self._collect(wait=False)
         return self._handle(fired)
 
-    def arm(self, step: int | None = None) -> list[Alarm]:
-        """Arm the alarms from ``step`` (default: the current step) on."""
-        return self._handle(self.watch.arm(self.current_step if step is None else step))
+    def arm(self, step: int | None = None) -> list[Alarm | RuleAlarm]:
+        """Arm the alarms and rules from ``step`` (default: the current step) on."""
+        return self._handle(self._arm(self.current_step if step is None else step))
 
     def close(self) -> list[Alarm]:
         """Wait for the analyses still running, record them, stop the worker. Returns the alarms
@@ -367,14 +282,29 @@ class SpectralMonitor:
         return self.watch.history
 
     @property
-    def alarms(self) -> list[Alarm]:
-        """Every firing so far, in order."""
-        return list(self.watch.fired)
+    def alarms(self) -> list[Alarm | RuleAlarm]:
+        """Every firing so far (alarms and rules), in the order reported."""
+        return list(self._fired)
 
     def first_firing(self, name: str) -> int | None:
-        """The first step at which alarm ``name`` fired; None if it has not."""
-        steps = [alarm.step for alarm in self.watch.fired if alarm.name == name]
+        """The first step at which alarm or rule ``name`` fired; None if it has not."""
+        steps = [alarm.step for alarm in self._fired if alarm.name == name]
         return min(steps) if steps else None
+
+    @property
+    def watched(self) -> tuple[str, ...]:
+        """The names of the watched alarms, then rules."""
+        return self.watch.alarms + self.rule_watch.names
+
+    @property
+    def worth(self) -> pd.DataFrame:
+        """What the detector studies measured each watched alarm and rule to be worth: one row each,
+        its condition in words and the line its warnings carry (antigrok.rule_worth)."""
+        conditions = {name: rule.describe() for name, rule in self.watch.as_rules().items()}
+        conditions.update({rule.name: rule.describe() for rule in self.rule_watch.rules})
+        lines = {**self.watch.worth, **self.rule_watch.worth}
+        return pd.DataFrame([{"alarm": name, "condition": conditions[name], "worth": lines[name]}
+                             for name in self.watched], columns=["alarm", "condition", "worth"])
 
     # ------------------------------------------------------------------ internals
 
@@ -382,12 +312,41 @@ class SpectralMonitor:
         if stop_on in (None, False):
             return ()
         if stop_on is True:
-            return self.watch.alarms
+            return self.watched
         names = (stop_on,) if isinstance(stop_on, str) else tuple(stop_on)
-        unknown = [name for name in names if name not in self.watch.alarms]
+        unknown = [name for name in names if name not in self.watched]
         if unknown:
-            raise ValueError(f"stop_on names {unknown}, which are not watched alarms {self.watch.alarms}")
+            raise ValueError(f"stop_on names {unknown}, which are not watched alarms or rules {self.watched}")
         return names
+
+    def _check_rules(self) -> None:
+        clashing = [name for name in self.rule_watch.names if name in SPECTRAL_ALARMS]
+        if clashing:
+            raise ValueError(f"rules {clashing} have the names of the detector's alarms {SPECTRAL_ALARMS}: rename them")
+        for rule in self.rule_watch.rules:
+            unknown = [layer for layer in rule.layers if layer not in self.layers]
+            if unknown:
+                raise ValueError(f"rule {rule.name!r} reads layers {unknown}, which are not among the analysed "
+                                 f"layers {self.layers}: pass layers= with them, or name the model's layers")
+
+    def _arm(self, step: int) -> list[Alarm | RuleAlarm]:
+        return self.watch.arm(step) + self.rule_watch.arm(step)
+
+    def _model_values(self, step: int, metrics: Mapping) -> dict[str, float]:
+        """The model-wide statistics the rules read, at an analysed step: from ``metrics``, or
+        ``l2_norm`` from the weights (as progress.csv has it); the others need data."""
+        values = {}
+        for name in self.rule_watch.model_statistics:
+            if name in metrics:
+                values[name] = float(metrics[name])
+            elif name == "l2_norm":
+                values[name] = l2_norm(self.model)
+            elif name not in self._warned_missing_statistics:
+                self._warned_missing_statistics.add(name)
+                log.warning("antigrok monitor: a rule reads %s, which step() was not given at step %d; the rule holds "
+                            "nowhere without it: pass %s=... to step() at the analysed steps (antigrok.progress "
+                            "computes it from the model and inputs)", name, step, name)
+        return values
 
     def _armable(self, metrics: dict) -> bool:
         if self._arm_from_step is not None and self.current_step < self._arm_from_step:
@@ -401,12 +360,13 @@ class SpectralMonitor:
             return step in self.at_steps
         return step % self.every_n_steps == 0
 
-    def _submit(self, step: int) -> list[Alarm]:
+    def _submit(self, step: int, metrics: Mapping) -> list[Alarm | RuleAlarm]:
         """Queue the analysis of the weights as they are now; returns the alarms of the results
         waited for to make room."""
         fired = []
         self._analysed.add(step)
         matrices = snapshot_weights(self.model, self.layers)
+        model_values = self._model_values(step, metrics)
         args = (matrices, self.seed, step, self.fix_fingers, self.engine, self.tracy_widom_scale)
         if self.background is None:
             future: Future = Future()
@@ -415,7 +375,7 @@ class SpectralMonitor:
             while len(self._pending) >= self.max_pending:  # back-pressure: the analysis is behind
                 fired += self._record(*self._pending.popleft())
             future = self._worker().submit(analyze_snapshot, *args)
-        self._pending.append((step, future))
+        self._pending.append((step, future, model_values))
         return fired
 
     def _worker(self) -> Executor:
@@ -433,7 +393,7 @@ class SpectralMonitor:
             fired += self._record(*self._pending.popleft())
         return fired
 
-    def _record(self, step: int, future: Future) -> list[Alarm]:
+    def _record(self, step: int, future: Future, model_values: dict) -> list[Alarm | RuleAlarm]:
         try:
             rows = future.result()
         except Exception as error:
@@ -443,7 +403,8 @@ class SpectralMonitor:
         self._check_average(step, rows)
         if self.on_analysis is not None:
             self.on_analysis(step, rows)
-        return self.watch.update(rows)
+        fired = self.watch.update(rows) + self.rule_watch.update(rows, model_values)
+        return sorted(fired, key=lambda alarm: alarm.step)
 
     def _check_average(self, step: int, rows: pd.DataFrame) -> None:
         missing = rows.loc[rows["layer"].isin(self.average_layers) & rows["alpha"].isna(), "layer"].tolist()
@@ -455,7 +416,8 @@ class SpectralMonitor:
                 ", ".join(missing), step, rows.loc[rows["layer"].isin(missing), "fit_status"].iloc[0],
             )
 
-    def _handle(self, fired: list[Alarm]) -> list[Alarm]:
+    def _handle(self, fired: list[Alarm | RuleAlarm]) -> list[Alarm | RuleAlarm]:
+        self._fired.extend(fired)
         for alarm in fired:
             warnings.warn(alarm.message, SpectralAlarmWarning, stacklevel=3)
             if self.on_alarm is not None:

@@ -2,7 +2,7 @@
 
     from antigrok.monitor.lightning import SpectralMonitorCallback
     trainer = lightning.pytorch.Trainer(callbacks=[SpectralMonitorCallback(every_n_steps=500,
-                                                   csv_path="spectra.csv", stop_on=True)])
+                                                   csv_path="spectra.csv")])
 
 After every optimizer step (``on_train_batch_end``, at ``trainer.global_step``) it calls
 ``SpectralMonitor.step`` with the trainer's ``callback_metrics`` as metrics (for ``arm_when``);

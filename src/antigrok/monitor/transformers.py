@@ -2,7 +2,7 @@
 
     from antigrok.monitor.transformers import SpectralMonitorCallback
     trainer = transformers.Trainer(..., callbacks=[SpectralMonitorCallback(every_n_steps=500,
-                                                   csv_path="spectra.csv", stop_on=True)])
+                                                   csv_path="spectra.csv")])
 
 After every optimizer step (``on_step_end``, at ``state.global_step``) it calls
 ``SpectralMonitor.step`` on the Trainer's model, with the numbers of the latest ``on_log`` logs
