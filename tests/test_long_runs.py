@@ -92,18 +92,22 @@ def workflow_tables(checkpoints: Path, dataset, seed: int, work: Path) -> dict[s
     write_traps(work / "htsr.csv", work / "spectra.npz", work / "traps.csv")
     progress = progress_for_checkpoints(sorted(checkpoints.glob("step*.pt")), dataset, ProgressSettings(), progress=False)
     progress.to_csv(work / "progress.csv", index=False)
-    return {name: pd.read_csv(work / name) for name in ("htsr.csv", "traps.csv", "progress.csv")}
+    return {name: read_as_text(work / name) for name in ("htsr.csv", "traps.csv", "progress.csv")}
 
 
 def assert_same_tables(ours: dict[str, pd.DataFrame], workflow: dict[str, pd.DataFrame]) -> None:
+    """Equal as text, cell by cell (a count written as 4.0 instead of 4 differs)."""
     for name, table in workflow.items():
         pd.testing.assert_frame_equal(ours[name].drop(columns=TIMINGS, errors="ignore"),
-                                      table.drop(columns=TIMINGS, errors="ignore"), check_dtype=False, obj=name)
+                                      table.drop(columns=TIMINGS, errors="ignore"), obj=name)
+
+
+def read_as_text(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def reference_tables(run: LongRun) -> dict[str, pd.DataFrame]:
-    return {name: pd.read_csv(run.reference_dir / name)
-            for name in ("htsr.csv", "traps.csv", "progress.csv")}
+    return {name: read_as_text(run.reference_dir / name) for name in ("htsr.csv", "traps.csv", "progress.csv")}
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +277,14 @@ def test_the_hourly_commit_takes_the_reference_folder_alone(tmp_path, monkeypatc
     assert "other.txt" in subprocess.run(["git", "diff", "--cached", "--name-only"], capture_output=True, text=True,
                                          check=True).stdout  # still staged, not committed
     assert not git_commit_paths([Path("out/runs")], "rows")  # nothing new: no empty commit
+
+
+def test_appended_counts_stay_integers_where_a_fit_failed(tmp_path):
+    """A layer whose fit failed has no count (NaN): read back, the column is float, and without care the
+    next append would write 4.0 where the workflow's htsr.csv writes 4."""
+    run = LongRun(small_spec(), tmp_path / "run", tmp_path / "docs")
+    run.reference_dir.mkdir(parents=True)
+    first = pd.DataFrame({"step": [0, 0], "num_fingers": pd.array([4, None], dtype="Int64")})
+    first.to_csv(run.reference_dir / "htsr.csv", index=False)
+    long_runs._append(run, "htsr.csv", pd.DataFrame({"step": [1], "num_fingers": pd.array([3], dtype="Int64")}))
+    assert (run.reference_dir / "htsr.csv").read_text().splitlines() == ["step,num_fingers", "0,4", "0,", "1,3"]

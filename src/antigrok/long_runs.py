@@ -182,6 +182,9 @@ def analysed_steps(run: LongRun) -> set[int]:
 def _append(run: LongRun, name: str, new_rows: pd.DataFrame) -> None:
     old = read_reference(run, name)
     table = new_rows if old is None else pd.concat([old, new_rows], ignore_index=True)
+    for column, dtype in new_rows.dtypes.items():
+        if pd.api.types.is_integer_dtype(dtype):  # counts read back as floats where a fit failed (NaN)
+            table[column] = pd.to_numeric(table[column]).astype("Int64")
     write_csv_atomically(table.sort_values("step", kind="stable").reset_index(drop=True), run.reference_dir / name)
 
 
