@@ -1,14 +1,16 @@
 """HTSR alpha and Correlation Traps of a user's own model, read layer by layer (``antigrok analyze``).
 
 ``analyze_model(source)`` analyses the tensors of one ``antigrok.loading.ModelSource`` one at a
-time: each selected 2-D floating tensor is read, converted to float64 (exact from bf16, fp16 and
-fp32), analysed by ``antigrok.htsr.analyze_weights`` exactly as the workflow's spectra rule does
+time: each selected weight matrix or conv kernel (``antigrok.htsr.weight_skip_reason``; a kernel's
+slices pooled as WeightWatcher pools them, antigrok.kernels) is read, converted to float64 (exact from
+bf16, fp16 and fp32), analysed by ``antigrok.htsr.analyze_weights`` exactly as the workflow's spectra rule does
 (so a workflow checkpoint gives its run's htsr.csv rows), its traps counted at Tracy-Widom scale
 1.0, and dropped before the next is read. Memory is bounded by the largest layer, not the model.
 
 Tensors that are not analysed are listed with the reason (``SKIPPED_COLUMNS``): not matched by
-the layer filter, not floating point, 1-D (biases, norms), more than 2-D, too small or too large
-for WeightWatcher's fit, or holding NaN / infinite entries.
+the layer filter, not floating point, 1-D (biases, norms), 3-D but not named ``*.weight`` (not a
+Conv1d kernel), 5-D or more, too small or too large for WeightWatcher's fit, or holding NaN /
+infinite entries.
 """
 
 from __future__ import annotations
@@ -36,14 +38,7 @@ def skip_reason(ref: TensorRef, layers: re.Pattern | None = None) -> str:
         return NOT_SELECTED
     if ref.skip_reason:
         return ref.skip_reason
-    if not ref.is_floating:
-        return f"not floating point ({ref.dtype})"
-    if len(ref.shape) < 2:
-        return f"{len(ref.shape)}-D tensor (bias, norm, ...): only 2-D weight matrices are analysed"
-    if len(ref.shape) > 2:
-        return f"{len(ref.shape)}-D tensor: only 2-D weight matrices are analysed"
-    reason = htsr.unanalyzable_reason(ref.shape)
-    return f"shape {ref.shape[0]}x{ref.shape[1]} {reason}" if reason else ""
+    return htsr.weight_skip_reason(ref.name, ref.shape, ref.is_floating, ref.dtype)
 
 
 # Correlation Traps at Tracy-Widom scale 1: WeightWatcher's count, and the count with the mean-shift

@@ -48,7 +48,7 @@ def _openers(paths: list[str]) -> tuple[list, list[str]]:
 def _analyze_one(path: Path, opener, args, layers, bar):
     """The analysis of one model, or AnalyzeError naming its path and why."""
     from antigrok.analyze import NOT_SELECTED, analyze_model
-    from antigrok.htsr import MIN_EVALS
+    from antigrok.htsr import skipped_summary
     from antigrok.loading import ModelFileError
 
     try:
@@ -74,9 +74,10 @@ def _analyze_one(path: Path, opener, args, layers, bar):
     if result.table.empty:
         if layers is not None and (result.skipped["reason"] != NOT_SELECTED).sum() == 0:
             raise AnalyzeError(f"{path}: no tensor name matches --layers {layers.pattern!r}")
-        reasons = "; ".join(f"{n} {r}" for r, n in result.skipped["reason"].value_counts().items())
-        raise AnalyzeError(f"{path}: no 2-D weight matrix with at least {MIN_EVALS} rows and columns "
-                           f"(skipped: {reasons or 'no tensors'})")
+        if result.skipped.empty:
+            raise AnalyzeError(f"{path}: holds no tensors")
+        reasons = dict(zip(result.skipped["tensor"], result.skipped["reason"]))
+        raise AnalyzeError(f"{path}: nothing analysed: {skipped_summary(reasons)}")
     result.table.insert(0, "path", str(path))
     return result
 
