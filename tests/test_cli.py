@@ -90,7 +90,8 @@ def test_bad_files_get_one_error_line_and_a_nonzero_exit(checkpoint_dir, tmp_pat
     assert f"antigrok analyze: error: {no_matrices}: nothing analysed: 2 tensors skipped: 1 1-D tensor (bias, norm, " \
            "...): not a weight matrix: fc.bias; 1 shape 10x3 has fewer than 10 eigenvalues; WeightWatcher does not " \
            "analyze it: fc.weight" in lines
-    assert any("empty: folder holds no *.pt" in line for line in lines)
+    assert f"antigrok analyze: error: {empty_folder}: folder holds no model files (.safetensors .npz .onnx .pt .pth .bin " \
+           ".ckpt, or a Hugging Face model.safetensors / pytorch_model.bin with or without an index); it is empty" in lines
     assert any("missing.pt: no such file" in line for line in lines)
     assert "Traceback" not in err
     assert pd.read_csv(out)["path"].unique().tolist() == [str(good)]  # the good file is still analyzed

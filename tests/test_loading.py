@@ -242,7 +242,8 @@ def test_npz_bare_state_dict_and_lightning_checkpoint(tmp_path):
     np.savez(tmp_path / "weights.npz", **{k: v.numpy() for k, v in state_dict.items()})
     torch.save(state_dict, tmp_path / "bare.pt")
     torch.save({"state_dict": state_dict, "global_step": 7, "epoch": 1}, tmp_path / "lightning.ckpt")
-    for name, kind in [("weights.npz", "npz"), ("bare.pt", "torch state_dict"), ("lightning.ckpt", "torch state_dict")]:
+    for name, kind in [("weights.npz", "npz"), ("bare.pt", "torch state_dict"),
+                       ("lightning.ckpt", "torch checkpoint (state_dict under 'state_dict')")]:
         [result] = analyse(tmp_path / name)
         assert result.source.kind == kind
         assert_same_rows(result.table, expected if name != "lightning.ckpt" else
@@ -324,7 +325,7 @@ def test_open_model_errors_name_the_path(tmp_path):
     with pytest.raises(loading.ModelFileError, match="missing: no such file"):
         loading.open_model(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(loading.ModelFileError, match="empty: folder holds no"):
+    with pytest.raises(loading.ModelFileError, match="empty: folder holds no model files"):
         loading.open_model(tmp_path / "empty")
 
 

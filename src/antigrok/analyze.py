@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -63,6 +64,11 @@ def _skipped_row(source: ModelSource, ref: TensorRef, reason: str) -> dict:
             "dtype": ref.dtype, "reason": reason}
 
 
+def skipped_file_row(path, reason: str) -> dict:
+    """A row of the skipped table for a whole file or folder not read (its tensor, shape, dtype empty)."""
+    return {"path": str(path), "tensor": "", "shape": "", "dtype": "", "reason": reason}
+
+
 def analyze_model(source: ModelSource, *, seed: int | None = None, layers: re.Pattern | str | None = None,
                   fix_fingers="clip_xmax", engine: str = htsr.DEFAULT_ENGINE,
                   on_tensor: Callable[[TensorRef, bool], None] | None = None) -> ModelAnalysis:
@@ -99,11 +105,13 @@ def analyze_model(source: ModelSource, *, seed: int | None = None, layers: re.Pa
     for column in TRAP_COUNTS:
         table[column] = pd.array([row[column] for row in rows], dtype="Int64")
     table["stored_dtype"] = [row["stored_dtype"] for row in rows]
-    return ModelAnalysis(source, table, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), time.perf_counter() - start)
+    return ModelAnalysis(source, table, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), time.perf_counter() - start,
+                         notes=list(source.notes))
 
 
 def summary_lines(tables: pd.DataFrame, skipped: pd.DataFrame, num_models: int, names_shown: int = 6) -> list[str]:
-    """The end-of-run summary: layers analysed and skipped, median alpha, alpha < 2, traps."""
+    """The end-of-run summary: layers analysed, tensors and files skipped, median alpha, alpha < 2,
+    traps (and what a trap count counts)."""
 
     def named(names) -> str:
         names = list(dict.fromkeys(names))
@@ -111,10 +119,14 @@ def summary_lines(tables: pd.DataFrame, skipped: pd.DataFrame, num_models: int, 
         return ", ".join(names[:names_shown]) + more
 
     unit = "layers" if num_models <= 1 else "(file, layer) rows"
+    is_file = skipped["tensor"] == ""
+    files = f" and {int(is_file.sum())} file{'s' if is_file.sum() != 1 else ''}" if is_file.any() else ""
     lines = [f"summary: {len(tables)} {unit} analysed in {num_models} model{'s' if num_models != 1 else ''}, "
-             f"{len(skipped)} tensors skipped; every tensor analysed in float64 (bf16/fp16/fp32 upcast exactly)"]
-    for reason, group in skipped.groupby("reason", sort=False):
-        lines.append(f"  skipped {len(group)} ({reason}): {named(group['tensor'])}")
+             f"{int((~is_file).sum())} tensors{files} skipped; every tensor analysed in float64 (bf16/fp16/fp32 "
+             "upcast exactly)"]
+    labels = skipped["tensor"].where(~is_file, skipped["path"].map(lambda p: Path(p).name))
+    for reason, group in labels.groupby(skipped["reason"], sort=False):
+        lines.append(f"  skipped {len(group)} ({reason}): {named(group)}")
     if len(tables):
         alpha = pd.to_numeric(tables["alpha"], errors="coerce")
         failed = int(alpha.isna().sum())
@@ -127,8 +139,14 @@ def summary_lines(tables: pd.DataFrame, skipped: pd.DataFrame, num_models: int, 
         traps = tables["num_traps"].fillna(0).astype(int) > 0
         lines.append(f"  with Correlation Traps: {int(traps.sum())} of {len(tables)} {unit}"
                      + (f": {named(label[traps])}" if traps.any() else ""))
+        lines.append(POOLED_TRAPS_NOTE)
     return lines
 
+
+# num_traps pools WeightWatcher's shuffled replicas (5 below 100 eigenvalues) and a conv kernel's slices
+POOLED_TRAPS_NOTE = ("  (a trap count pools the shuffled copies: 5 of a layer with fewer than 100 eigenvalues, "
+                     "one per kernel position of a conv layer; it can exceed the layer's eigenvalues, as "
+                     "WeightWatcher's does)")
 
 
 def analyze_path(path, *, seed: int | None = None, layers: re.Pattern | str | None = None, fix_fingers="clip_xmax",
