@@ -275,7 +275,8 @@ def test_a_torchscript_archive_naming_other_code_is_refused_and_nothing_runs(tmp
     code, err = run_cli(path)
     assert code == 1 and not marker.exists()
     assert (f"{ERROR} {path}: refused: its TorchScript data names the Python object posix.system, which antigrok "
-            "does not build; save the weights as torch.save(model.state_dict(), path) or as .safetensors") in err
+            "does not build; save the weights as torch.save(model.state_dict(), path), or a dict with the state_dict "
+            "under one of the keys 'model', 'model_state_dict', 'state_dict', 'model_state', or as .safetensors") in err
 
 
 # --------------------------------------------------------------------------- folders

@@ -8,27 +8,38 @@ called while the file is read, so nothing here unpickles arbitrary objects:
     .safetensors                 ``safetensors.safe_open``: a JSON header and raw bytes, no pickle
     .npz                         ``numpy.load(allow_pickle=False)``; an object array (a pickle) is
                                  refused from its header, before any of it is read
+    .onnx                        ``onnx.load`` (protobuf; extra ``antigrok[onnx]``): the initializers,
+                                 nothing of the graph is run
+    TorchScript archive          (``torch.jit.save``, any suffix) antigrok.torchscript: the tensors of
+                                 its data.pkl through an allowlist; its code is never compiled or run
 
 A refused file raises ``UnsafeFileError`` (a ``ValueError``) whose message is one line naming the
 file and what it would have needed; nothing of it has executed. Any other unreadable file raises
-``ModelFileError`` (also a ``ValueError``), one line naming the file and why.
+``ModelFileError`` (also a ``ValueError``), one line naming the file and why (an empty file: "the
+file is empty").
 
 ``open_model(path)`` turns a path into ``ModelSource`` objects: lists of tensors with their name,
-shape and stored dtype, each read only when asked (``TensorRef.read_float64``). Safetensors and
-``.npz`` files are read one tensor at a time, so a model larger than memory is analysed with
-memory bounded by its largest tensor; torch files are memory-mapped where their format allows
-(``torch.save``'s zip format), which bounds the resident memory by the pages actually touched.
+shape and stored dtype, each read only when asked (``TensorRef.read_float64``), and notes on how
+the file was read (the key its state_dict was under, ...). Safetensors and ``.npz`` files are read
+one tensor at a time, so a model larger than memory is analysed with memory bounded by its largest
+tensor; torch files are memory-mapped where their format allows (``torch.save``'s zip format),
+which bounds the resident memory by the pages actually touched.
 
     file.safetensors                    one model
     folder/ with model.safetensors.index.json (+ shards), model.safetensors,
             pytorch_model.bin.index.json (+ shards) or pytorch_model.bin: one Hugging Face model
             (safetensors preferred when a folder has both); gpt-oss's MXFP4 experts
             (``*.experts.*_blocks`` / ``_scales``) become one tensor per expert and
-            projection (antigrok.mxfp4), each read from its own slice
-    folder/ of *.pt files               one model per file: the workflow's checkpoints
+            projection (antigrok.mxfp4), each read from its own slice; the folder's other
+            files are listed with the reason they are not read
+    any other folder/                   one model per model file (``MODEL_SUFFIXES``), every other
+                                        file and subfolder listed with the reason (``folder_plan``)
     file.npz                            one model, one tensor per array
+    file.onnx                           one model, one tensor per initializer
     file.pt                             a workflow checkpoint ({"step", "model", "seed", ...}), a
-                                        bare state_dict, or a Lightning-style {"state_dict": ...}
+                                        bare state_dict, or a checkpoint holding one under a key of
+                                        ``STATE_DICT_KEYS`` (the PyTorch tutorial's "model_state_dict",
+                                        Lightning's "state_dict", ...), or a TorchScript archive
 """
 
 from __future__ import annotations
@@ -465,9 +476,17 @@ def onnx_refs(path: Path) -> tuple[list[TensorRef], list[str]]:
 
 def torchscript_source(path: Path) -> ModelSource:
     """A TorchScript archive's tensors, read without compiling or running its code (antigrok.torchscript)."""
-    from antigrok.torchscript import read_torchscript_state_dict
+    from antigrok.torchscript import RefusedGlobal, UnreadableArchive, read_torchscript_state_dict
 
-    return ModelSource(path, "TorchScript archive", _state_dict_tensors(read_torchscript_state_dict(path)),
+    try:
+        tensors = read_torchscript_state_dict(path)
+    except RefusedGlobal as error:
+        raise UnsafeFileError(f"{path}: refused: its TorchScript data names the Python object {error}, which "
+                              f"antigrok does not build; {SAVE_A_STATE_DICT}") from None
+    except UnreadableArchive as error:
+        raise ModelFileError(f"{path}: a TorchScript archive whose tensors cannot be read ({error}); "
+                             f"{SAVE_A_STATE_DICT}") from None
+    return ModelSource(path, "TorchScript archive", _state_dict_tensors(tensors),
                        notes=["read the tensors of a TorchScript archive (its code is not run)"])
 
 

@@ -12,7 +12,8 @@ refuses it with ``weights_only=True``; antigrok runs neither. An archive is a zi
     collections OrderedDict        OrderedDict
     torch.jit._pickle build_*list  the list itself
 
-Any other global makes the file refused (UnsafeFileError) before anything is built from it. The
+Any other global makes the file refused (``RefusedGlobal``; antigrok.loading turns it into its
+UnsafeFileError) before anything is built from it. The
 module tree becomes a state_dict: every tensor attribute, named by its dotted path (``0.weight``,
 ``encoder.conv1.weight``), as ``model.state_dict()`` names parameters and buffers.
 """
@@ -39,6 +40,14 @@ def is_torchscript_archive(path: str | Path) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
     return any(name.endswith("/data.pkl") for name in names) and any("/code/" in name for name in names)
+
+
+class RefusedGlobal(ValueError):
+    """data.pkl names a Python object outside the allowlist: nothing was built from it."""
+
+
+class UnreadableArchive(ValueError):
+    """A TorchScript archive whose tensors cannot be read."""
 
 
 class _ScriptRecord:
@@ -70,13 +79,11 @@ class _StorageType(str):
 
 
 class _ArchiveUnpickler(pickle.Unpickler):
-    def __init__(self, stream, archive: zipfile.ZipFile, prefix: str, path: Path):
+    def __init__(self, stream, archive: zipfile.ZipFile, prefix: str):
         super().__init__(stream)
-        self.archive, self.prefix, self.path = archive, prefix, path
+        self.archive, self.prefix = archive, prefix
 
     def find_class(self, module: str, name: str):
-        from antigrok.loading import UnsafeFileError
-
         if module.startswith("__torch__"):
             return _ScriptRecord
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
@@ -87,9 +94,7 @@ class _ArchiveUnpickler(pickle.Unpickler):
             return collections.OrderedDict
         if module == "torch.jit._pickle" and name.startswith("build_") and name.endswith("list"):
             return list
-        raise UnsafeFileError(f"{self.path}: refused: its TorchScript data names the Python object {module}.{name}, "
-                              "which antigrok does not build; save the weights as torch.save(model.state_dict(), "
-                              "path) or as .safetensors")
+        raise RefusedGlobal(f"{module}.{name}")
 
     def persistent_load(self, pid):
         kind, dtype, key = pid[0], pid[1], pid[2]
@@ -111,25 +116,21 @@ def _tensors_of(record, prefix: str, found: dict) -> None:
 def read_torchscript_state_dict(path: str | Path) -> dict:
     """The tensors of a TorchScript archive by dotted name, read without running its code.
 
-    UnsafeFileError for a global outside the list above, ModelFileError for an archive that cannot be read.
+    RefusedGlobal (its message: the object's dotted name) for a global outside the list above,
+    UnreadableArchive for an archive that cannot be read.
     """
-    from antigrok.loading import ModelFileError, UnsafeFileError
-
-    path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
             [data_pkl] = [name for name in archive.namelist() if name.endswith("/data.pkl")]
             prefix = data_pkl[: -len("data.pkl")]
             with archive.open(data_pkl) as stream:
-                root = _ArchiveUnpickler(stream, archive, prefix, path).load()
-    except UnsafeFileError:
+                root = _ArchiveUnpickler(stream, archive, prefix).load()
+    except RefusedGlobal:
         raise
     except Exception as error:
-        raise ModelFileError(f"{path}: a TorchScript archive whose tensors cannot be read ({type(error).__name__}: "
-                             f"{' '.join(str(error).split())}); save the weights as torch.save(model.state_dict(), "
-                             "path) or as .safetensors") from None
+        raise UnreadableArchive(f"{type(error).__name__}: {' '.join(str(error).split())}") from None
     if not isinstance(root, _ScriptRecord):
-        raise ModelFileError(f"{path}: a TorchScript archive without a module in its data.pkl")
+        raise UnreadableArchive("its data.pkl holds no module")
     found: dict = {}
     _tensors_of(root, "", found)
     return found
