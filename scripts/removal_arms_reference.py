@@ -4,7 +4,7 @@ and by outcome, and PROVENANCE.md.
 
     python scripts/removal_arms_reference.py docs/reference/detector_study docs/reference/detector_study_wd3e-3 \
         --out docs/reference/mechanism_removal_arms --config configs/detector_study.yaml --data-root ../shared/data \
-        --draws 3 --layers-only
+        --draws 3 --layers-only [--reuse]
 
 Each STUDY folder holds runs/{experiment}/wd{weight_decay}/seed{seed}/ with phases.csv and the
 safetensors checkpoints at the peak, the decline start (collapsing runs) and the end. The removal is
@@ -58,6 +58,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", default=None, help="MNIST root (default: the config's data.root)")
     parser.add_argument("--draws", type=int, help="draws of each random arm (default: the config's removal_draws)")
     parser.add_argument("--layers-only", action="store_true", help="per layer only, not all layers at once")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a run's trap_removal.csv already under --out (written by this command with "
+                             "the same code, e.g. by an interrupted or parallel invocation) instead of recomputing it")
     args = parser.parse_args(argv)
     started = time.time()
     settings = load_workflow_config([args.config])
@@ -71,17 +74,22 @@ def main(argv=None) -> None:
     for study in args.studies:
         for run in study_runs(study):
             relative = run.relative_to(study / "runs")
-            print(f"trap removal: {study.name}/{relative}", flush=True)
-            table = removal_table(run / "checkpoints", pd.read_csv(run / "phases.csv"), dataset,
-                                  int(run.name.removeprefix("seed")), removal, progress=False)
             out_run = args.out / "runs" / relative
-            write_csv_atomically(table, out_run / "trap_removal.csv")
+            reused = args.reuse and (out_run / "trap_removal.csv").is_file()
+            print(f"trap removal: {study.name}/{relative}{' (reused)' if reused else ''}", flush=True)
+            if reused:
+                table = pd.read_csv(out_run / "trap_removal.csv")
+            else:
+                table = removal_table(run / "checkpoints", pd.read_csv(run / "phases.csv"), dataset,
+                                      int(run.name.removeprefix("seed")), removal, progress=False)
+                write_csv_atomically(table, out_run / "trap_removal.csv")
             written.append(out_run / "trap_removal.csv")
             collapses = run_outcome(run / "phases.csv")
             outcomes.append({"experiment": run.parent.parent.name, "weight_decay": float(run.parent.name[2:]),
                              "seed": int(run.name[4:]), "collapses": collapses})
             lines.append(f"- `{study.name}/{relative}` ({'collapses' if collapses else 'does not collapse'}): "
-                         f"checkpoints at steps {', '.join(map(str, sorted(table['step'].unique())))}")
+                         f"checkpoints at steps {', '.join(map(str, sorted(table['step'].unique())))}"
+                         f"{'; trap_removal.csv reused from an earlier invocation' if reused else ''}")
     by_run = removal_arms_by_run(read_runs(written), pd.DataFrame(outcomes)[RUN_KEYS + ["collapses"]])
     summary = removal_arms_summary(by_run)
     tables = args.out / "tables"
