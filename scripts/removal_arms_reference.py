@@ -38,8 +38,8 @@ from antigrok.mechanism.tables import (  # noqa: E402
 from antigrok.workflow_config import load_workflow_config  # noqa: E402
 
 
-def study_runs(study: Path) -> list[Path]:
-    runs = sorted(path for path in study.glob("runs/*/wd*/seed*") if (path / "phases.csv").is_file()
+def study_runs(study: Path, pattern: str = "*/wd*/seed*") -> list[Path]:
+    runs = sorted(path for path in study.glob(f"runs/{pattern}") if (path / "phases.csv").is_file()
                   and (path / "checkpoints").is_dir())
     if not runs:
         raise SystemExit(f"{study}: no runs/{{experiment}}/wd{{wd}}/seed{{seed}}/ with phases.csv and checkpoints/")
@@ -58,6 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", default=None, help="MNIST root (default: the config's data.root)")
     parser.add_argument("--draws", type=int, help="draws of each random arm (default: the config's removal_draws)")
     parser.add_argument("--layers-only", action="store_true", help="per layer only, not all layers at once")
+    parser.add_argument("--runs", default="*/wd*/seed*", help="which runs of each study (a glob under runs/)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep a run's trap_removal.csv already under --out (written by this command with "
                              "the same code, e.g. by an interrupted or parallel invocation) instead of recomputing it")
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
     dataset = prepare_mnist(args.data_root or data["root"], data["train_size"], data["subset_seed"], download=False)
     written, outcomes, lines = [], [], []
     for study in args.studies:
-        for run in study_runs(study):
+        for run in study_runs(study, args.runs):
             relative = run.relative_to(study / "runs")
             out_run = args.out / "runs" / relative
             reused = args.reuse and (out_run / "trap_removal.csv").is_file()
