@@ -88,7 +88,10 @@ def describe(run: Path) -> str:
     return f"{run.parent.parent.name}/{run.parent.name}/{run.name}"
 
 
-def provenance(command: str, started: float, finished: float, used: list[dict], descriptions: dict) -> str:
+def provenance_table(command: str, started: float, finished: float) -> str:
+    """The command, commit, machine, start, wall time and versions as a markdown table."""
+    import os
+
     import matplotlib
     import numpy
     import scipy
@@ -99,8 +102,6 @@ def provenance(command: str, started: float, finished: float, used: list[dict], 
                            capture_output=True, text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    import os
-
     rows = [
         ("command", f"`{command}`"),
         ("commit", commit + (" (with uncommitted changes in src/scripts/workflow)" if dirty else "")),
@@ -111,14 +112,17 @@ def provenance(command: str, started: float, finished: float, used: list[dict], 
         ("packages", f"torch {torch.__version__}, numpy {numpy.__version__}, scipy {scipy.__version__}, "
                      f"pandas {pd.__version__}, matplotlib {matplotlib.__version__}"),
     ]
-    table = "\n".join(f"| {key} | {value} |" for key, value in rows)
+    return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows)
+
+
+def provenance(command: str, started: float, finished: float, used: list[dict], descriptions: dict) -> str:
     runs = "\n".join(f"- `{describe(Path(u['run']))}`: phases from {u['phases_from']}; largest_weight over "
                      f"{u['largest_weight_checkpoints']} checkpoints; edge checkpoints at steps "
                      f"{', '.join(map(str, u['edge_checkpoints']))}" for u in used)
     experiments = "\n".join(f"- {text}" for text in descriptions.values())
     return (f"# Provenance\n\nWritten by `scripts/mechanism_reference.py`; every other file here is its output, "
-            f"unedited.\n\n| | |\n|---|---|\n{table}\n\nRuns analysed (read from the run folder given in the "
-            f"command):\n\n{runs}\n\nExperiments (from the config given):\n\n{experiments}\n")
+            f"unedited.\n\n{provenance_table(command, started, finished)}\n\nRuns analysed (read from the run "
+            f"folder given in the command):\n\n{runs}\n\nExperiments (from the config given):\n\n{experiments}\n")
 
 
 def main(argv=None) -> None:

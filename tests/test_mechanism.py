@@ -5,6 +5,7 @@ of identical outputs is 0; prototypes, confusion counts and edge checkpoints on 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,15 @@ import yaml
 from scipy.spatial.distance import jensenshannon
 
 from antigrok.fastspectra import marchenko_pastur_fit, random_esd_batch
-from antigrok.mechanism.checkpoints import edge_checkpoints, mlp_widths, nearest_step, read_state_dict
+from antigrok.mechanism.checkpoints import (
+    edge_checkpoints,
+    layer_inputs,
+    mlp_from_state_dict,
+    mlp_widths,
+    nearest_step,
+    outputs_from,
+    read_state_dict,
+)
 from antigrok.mechanism.confusion import confusion_rows, top_class_share
 from antigrok.mechanism.largest_weight import LARGEST_WEIGHT_COLUMNS, largest_weight_row, participation_fraction
 from antigrok.mechanism.prototypes import PROTOTYPE_COLUMNS, best_match, class_means, pixel_images, prototype_rows
@@ -25,9 +34,13 @@ from antigrok.mechanism.removal import (
     js_divergence,
     removal_rows,
 )
+from antigrok.mechanism.centred_traps import centred_svd, centred_trap_count, centred_trap_indices
+from antigrok.mechanism.input_matched import SecondMoment, input_load, input_matched_rank_one, matched_direction
+from antigrok.mechanism.mean_component import bias_compensation, compensation_residual, mean_component
 from antigrok.mechanism.trap_components import layer_traps, shuffle_permutations, shuffled_svds
 from antigrok.mechanism.confusion import CONFUSION_COLUMNS
 
+REPO = Path(__file__).resolve().parents[1]
 N, M = 400, 200  # W is (out=M, in=N) as torch stores fc layers: N the larger dimension
 EDGE = 1 + math.sqrt(M / N)
 
@@ -168,13 +181,15 @@ def tiny_dataset(seed: int = 0, train: int = 60, test: int = 80) -> dict:
 def test_removal_rows_on_a_model_with_a_mean_trap():
     state = mlp_state(shift=0.5)  # fc1's entries get a mean: one trap
     settings = RemovalSettings(probe_inputs=50, draws=2)
-    rows = pd.DataFrame(removal_rows(state, tiny_dataset(), run_seed=0, step=100, settings=settings))
+    data = tiny_dataset()
+    rows = pd.DataFrame(removal_rows(state, data, run_seed=0, step=100, settings=settings))
     baseline = rows[rows["condition"] == "none"].iloc[0]
     assert baseline["probe_js"] == 0 and baseline["test_js"] == 0 and baseline["probe_agreement"] == 1
     fc1 = rows[rows["scope"] == "fc1"]
     assert list(fc1["condition"]) == ["remove_traps", "replace_traps_random", "replace_traps_random",
                                       "perturb_random", "perturb_random", "remove_next_nontrap",
-                                      "remove_random_nontrap", "remove_random_nontrap"]
+                                      "remove_random_nontrap", "remove_random_nontrap", "remove_traps_bias",
+                                      "input_matched_traps", "input_matched_traps", "remove_mean", "remove_mean_bias"]
     # the equal-norm control changes W by as much as the removal (one trap: the same singular value)
     perturbed = fc1[fc1["condition"] == "perturb_random"]
     assert perturbed["relative_change"].to_numpy() == pytest.approx(fc1.iloc[0]["relative_change"])
@@ -184,7 +199,106 @@ def test_removal_rows_on_a_model_with_a_mean_trap():
     weight = state["fc1.weight"].numpy()
     expected = abs(weight.mean()) * math.sqrt(weight.size) / np.linalg.norm(weight)
     assert removed["relative_change"] == pytest.approx(expected, rel=0.1)
+    # the input-matched control: the removal's norm and the removal's load on the train inputs
+    matched = fc1[fc1["condition"] == "input_matched_traps"]
+    assert matched["relative_change"].to_numpy() == pytest.approx(removed["relative_change"], rel=1e-9)
+    assert matched["relative_input_load"].to_numpy() == pytest.approx(removed["relative_input_load"], rel=1e-6)
+    assert (perturbed["relative_input_load"] < 0.5 * removed["relative_input_load"]).all()  # i.i.d.: inputs average out
+    # the bias takes over the mean's average effect: what is left is the spread of the inputs' sums
+    by_condition = fc1.set_index("condition")
+    compensated = by_condition.loc["remove_mean_bias"]
+    residual = compensation_residual(mean_component(weight), data["x_train"].numpy().astype(np.float64))
+    assert compensated["relative_preactivation_change"] / compensated["relative_input_load"] == pytest.approx(residual)
+    assert by_condition.loc["remove_mean", "relative_preactivation_change"] == pytest.approx(
+        by_condition.loc["remove_mean", "relative_input_load"])
+    assert compensated["test_js"] < 0.1 * by_condition.loc["remove_mean", "test_js"]
     assert set(REMOVAL_COLUMNS) - {"edge", "edge_step", "step"} == set(rows.columns)
+
+
+def test_the_bias_compensation_of_the_mean_is_exact_for_inputs_of_equal_sum():
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((30, 50)) + 0.4, rng.standard_normal(30)
+    inputs = rng.random((200, 50))
+    component = mean_component(weight)
+    assert np.allclose(component, weight.mean()) and np.linalg.matrix_rank(component) == 1
+    equal_sums = inputs / inputs.sum(axis=1, keepdims=True)
+    new_bias = bias + bias_compensation(component, equal_sums)
+    np.testing.assert_allclose(equal_sums @ (weight - component).T + new_bias, equal_sums @ weight.T + bias, atol=1e-12)
+    assert compensation_residual(component, equal_sums) < 1e-12
+    # otherwise the residual is the coefficient of variation of the sums: std / rms
+    sums = inputs.sum(axis=1)
+    assert compensation_residual(component, inputs) == pytest.approx(sums.std() / np.sqrt(np.mean(sums**2)), rel=1e-10)
+
+
+def test_the_centred_traps_are_the_planted_entry_and_removing_them_keeps_the_mean():
+    noise = gaussian(0)
+    weight = planted_entry(3.0) + 0.3  # two traps: the mean and the entry
+    traps = layer_traps(weight, seed=8)
+    assert traps.num_traps == 2
+    svd = centred_svd(weight, traps)
+    indices = centred_trap_indices(svd, traps)
+    assert len(indices) == 1  # the mean is not a centred trap
+    # the workflow's num_traps_centered (fastspectra.centered_random_esd above the same threshold)
+    from antigrok.fastspectra import centered_random_esd
+
+    assert centred_trap_count(weight, traps) == int(np.sum(centered_random_esd(weight, 8) > traps.trap_threshold))
+    restored = weight - component_sum(svd, indices)
+    assert restored.mean() == pytest.approx(weight.mean() - weight[17, 33] / weight.size, abs=2e-3)  # the mean stays
+    assert abs(restored[17, 33] - 0.3) < 4.0  # the planted 3 x 24 is gone
+    assert np.linalg.norm(restored - 0.3 - noise) / np.linalg.norm(noise) < 0.15
+    # the centred components with the mean sum back to W
+    total = sum(svd.mapped_back(i) for i in range(len(svd.singular_values))) + weight.mean()
+    np.testing.assert_allclose(total, weight, atol=1e-10)
+
+
+def test_the_centred_count_is_traps_csv_on_a_committed_checkpoint():
+    from antigrok.spectral import layer_seed
+
+    run = REPO / "docs/reference/detector_study/runs/mnist_lr2e-3/wd0.0/seed0"
+    state = read_state_dict(run / "checkpoints" / "step000100000.safetensors")
+    committed = pd.read_csv(run / "traps.csv").query("step == 100000").set_index("layer")
+    for layer in ("fc1", "fc2", "fc3"):
+        weight = state[f"{layer}.weight"].numpy()
+        traps = layer_traps(weight, layer_seed(0, 100000, layer))
+        assert traps.num_traps == committed.loc[layer, "num_traps"]
+        assert centred_trap_count(weight, traps) == committed.loc[layer, "num_traps_centered"]
+
+
+def test_the_input_matched_direction_reaches_any_load_in_range():
+    rng = np.random.default_rng(1)
+    moment = SecondMoment(np.array([0.0, 0.5, 1.0, 4.0, 9.0]), np.linalg.qr(rng.standard_normal((5, 5)))[0])
+    for target in (0.0, 0.3, 2.0, 8.9, 9.0):
+        b = matched_direction(target, moment, rng)
+        assert np.linalg.norm(b) == pytest.approx(1.0) and moment.quadratic(b) == pytest.approx(target, abs=1e-9)
+    assert moment.quadratic(matched_direction(20.0, moment, rng)) == pytest.approx(9.0)  # clipped to the range
+
+
+def test_an_input_matched_control_has_the_components_norm_and_load_not_its_direction():
+    rng = np.random.default_rng(2)
+    inputs = rng.random((300, 60))  # non-negative, as images
+    weight = rng.standard_normal((20, 60)) + 0.5
+    component = mean_component(weight)
+    moment = SecondMoment.of(inputs)
+    controls = [input_matched_rank_one(component, inputs, moment, rng) for _ in range(2)]
+    for control in controls:
+        assert np.linalg.norm(control) == pytest.approx(np.linalg.norm(component), rel=1e-12)
+        assert input_load(control, inputs) == pytest.approx(input_load(component, inputs), rel=1e-6)
+        cosine = np.sum(control * component) / (np.linalg.norm(control) * np.linalg.norm(component))
+        assert abs(cosine) < 0.5  # a random left vector: not the constant matrix
+    assert not np.allclose(controls[0], controls[1])
+    # an i.i.d. matrix of the same norm loads far less: the inputs average out
+    iid = rng.standard_normal(weight.shape)
+    iid *= np.linalg.norm(component) / np.linalg.norm(iid)
+    assert input_load(iid, inputs) < 0.3 * input_load(component, inputs)
+
+
+def test_outputs_from_a_layer_equal_the_models():
+    state, data = mlp_state(), tiny_dataset()
+    model = mlp_from_state_dict(state)
+    inputs = layer_inputs(state, data["x_test"])
+    expected = model(data["x_test"].to(torch.float64))
+    for layer in ("fc1", "fc2", "fc3"):
+        torch.testing.assert_close(outputs_from(state, inputs[layer], layer), expected, rtol=1e-12, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------- prototypes, confusion, edges

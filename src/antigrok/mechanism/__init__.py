@@ -11,7 +11,10 @@ One concept per module:
   beside the trap count, and whether the trap's eigenvector sits on that entry.
 - ``removal``: the causal test: remove the traps (or replace them by a random direction of equal
   norm, or remove non-trap components as a control) and measure accuracy and the JS divergence
-  of the outputs on Gaussian probe inputs.
+  of the outputs on Gaussian probe inputs; with the arms that tell traps from the mean:
+- ``mean_component``: the entries' mean as a component of W, and a removal compensated through the bias.
+- ``centred_traps``: the traps of W_rand with the mean taken out, as components of W.
+- ``input_matched``: controls of the same norm that the train inputs load as strongly.
 - ``confusion``: the test images with a fixed pixel permutation through a checkpoint.
 - ``tables`` and ``figures``: across runs.
 """

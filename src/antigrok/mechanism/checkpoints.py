@@ -109,6 +109,33 @@ def mlp_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> MLP:
     return model.eval()
 
 
+@torch.no_grad()
+def layer_inputs(state_dict: Mapping[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each fc layer's float64 inputs on ``x`` under this MLP: x for fc1, the ReLU outputs after."""
+    model = mlp_from_state_dict(state_dict)
+    inputs, h = {}, x.to(torch.float64).flatten(1)
+    for index, layer in enumerate(layer_names(state_dict), start=1):
+        inputs[layer] = h
+        h = getattr(model, layer)(h)
+        if index < model.num_layers:
+            h = getattr(model, f"act{index}")(h)
+    return inputs
+
+
+@torch.no_grad()
+def outputs_from(state_dict: Mapping[str, torch.Tensor], inputs: torch.Tensor, first_layer: str) -> torch.Tensor:
+    """The MLP's outputs given ``first_layer``'s inputs (the MLP's forward from that layer on, on the
+    state_dict's tensors directly): a change of a later layer leaves the earlier outputs as they were,
+    so they are not recomputed."""
+    layers = layer_names(state_dict)
+    h = inputs
+    for layer in layers[layers.index(first_layer):]:
+        h = torch.nn.functional.linear(h, state_dict[f"{layer}.weight"], state_dict[f"{layer}.bias"])
+        if layer != layers[-1]:
+            h = torch.relu(h)
+    return h
+
+
 def weight_matrix(state_dict: Mapping[str, torch.Tensor], layer: str) -> np.ndarray:
     """``layer``'s weight (out, in) as a float64 array."""
     return state_dict[f"{layer}.weight"].detach().cpu().numpy().astype(np.float64)

@@ -13,11 +13,11 @@ from matplotlib.figure import Figure
 from antigrok.figures import read_run_tables, save_figure, seed_of, set_step_axis, shade_phases
 from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, read_state_dict
 from antigrok.mechanism.prototypes import best_match, class_means, pixel_images, top_rows
+from antigrok.mechanism.removal import CONDITIONS
 
 log = logging.getLogger(__name__)
 DPI = 150
-CONDITION_ORDER = ["remove_traps", "replace_traps_random", "perturb_random", "remove_next_nontrap",
-                   "remove_random_nontrap"]
+CONDITION_ORDER = [condition for condition in CONDITIONS if condition != "none"]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -84,7 +84,7 @@ def plot_largest_weight(table: pd.DataFrame, phases: pd.DataFrame | None, title:
 def plot_trap_removal(table: pd.DataFrame, title: str) -> Figure:
     edges = list(dict.fromkeys(table["edge"]))
     scopes = [scope for scope in dict.fromkeys(table["scope"]) if scope != "none"]
-    fig = _figure(4.0 * max(len(edges), 1), 4.2)
+    fig = _figure(6.0 * max(len(edges), 1), 4.6)
     axes = fig.subplots(1, max(len(edges), 1), squeeze=False, sharey=True)
     for column, edge in enumerate(edges):
         ax = axes[0, column]

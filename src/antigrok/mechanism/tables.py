@@ -152,3 +152,58 @@ def write_mechanism_tables(prototypes, largest_weight, trap_removal, shuffled_co
               "confusion": "Pixel-shuffled test images"}
     write_text_atomically(outputs["html"], html_page({titles[k]: v for k, v in tables.items()}, descriptions))
     return tables
+
+
+# ----------------------------------------------------------------------------- the removal arms by outcome (issue 33)
+
+ARM_VALUES = ["num_components", "relative_change", "relative_input_load", "relative_preactivation_change",
+              "train_acc", "test_acc", "test_js", "probe_js"]
+
+
+def removal_arms_by_run(removal: pd.DataFrame, collapses: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, edge, scope and condition (draws averaged), with the change of train and test
+    accuracy against the unmodified checkpoint and the run's outcome (``collapses``: RUN_KEYS +
+    ``collapses``)."""
+    base = removal[removal["condition"] == "none"][RUN_KEYS + ["edge", "test_acc", "train_acc"]]
+    base = base.rename(columns={"test_acc": "test_acc_before", "train_acc": "train_acc_before"})
+    keys = RUN_KEYS + ["edge", "step", "scope", "condition"]
+    changed = removal[removal["condition"] != "none"]
+    table = changed.groupby(keys, sort=False)[ARM_VALUES].mean().reset_index()
+    table.insert(len(keys), "n_draws", changed.groupby(keys, sort=False).size().to_numpy())
+    table = table.merge(base, on=RUN_KEYS + ["edge"], how="left").merge(collapses, on=RUN_KEYS, how="left")
+    table["test_acc_change"] = table["test_acc"] - table["test_acc_before"]
+    table["train_acc_change"] = table["train_acc"] - table["train_acc_before"]
+    return table
+
+
+def removal_arms_summary(by_run: pd.DataFrame) -> pd.DataFrame:
+    """Per edge, scope, condition and outcome (collapsing or not): n runs, the median and range of
+    the accuracy changes, the median divergences and input loads."""
+    frame = by_run.assign(outcome=np.where(by_run["collapses"], "collapsing", "not_collapsing"))
+    keys = ["edge", "scope", "condition", "outcome"]
+    return frame.groupby(keys, sort=False).agg(
+        n_runs=("seed", "size"), test_acc_before_median=("test_acc_before", "median"),
+        test_acc_change_median=("test_acc_change", "median"), test_acc_change_min=("test_acc_change", "min"),
+        test_acc_change_max=("test_acc_change", "max"), train_acc_change_median=("train_acc_change", "median"),
+        train_acc_change_min=("train_acc_change", "min"), test_js_median=("test_js", "median"),
+        probe_js_median=("probe_js", "median"), relative_change_median=("relative_change", "median"),
+        relative_input_load_median=("relative_input_load", "median"),
+        relative_preactivation_change_median=("relative_preactivation_change", "median"),
+    ).reset_index()
+
+
+def removal_arms_markdown(summary: pd.DataFrame, scopes=("fc1", "fc2"), title: str = "") -> str:
+    """The summary as one table per edge and scope: conditions down, outcomes across."""
+    def cell(row) -> str:
+        return (f"{row.test_acc_change_median:+.3f} [{row.test_acc_change_min:+.3f}, {row.test_acc_change_max:+.3f}] "
+                f"(train {row.train_acc_change_median:+.3f}; JS {row.test_js_median:.3f}; n {row.n_runs})")
+
+    parts = [f"# {title}\n" if title else ""]
+    for (edge, scope), part in summary[summary["scope"].isin(scopes)].groupby(["edge", "scope"], sort=False):
+        parts.append(f"\n## {edge}, {scope}\n\nchange of test accuracy, median [range] over runs; train: median change "
+                     "of train accuracy; JS: median test-image JS divergence (nats)\n\n"
+                     "| condition | collapsing | not collapsing |\n|---|---|---|")
+        for condition, rows in part.groupby("condition", sort=False):
+            cells = {row.outcome: cell(row) for row in rows.itertuples()}
+            parts.append(f"| {condition} | {cells.get('collapsing', '—')} | {cells.get('not_collapsing', '—')} |")
+    return "\n".join(parts) + "\n"
