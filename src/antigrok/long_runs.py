@@ -42,7 +42,7 @@ from antigrok.resume import RESUME_DIR, STATE_FILE, checkpoint_path
 from antigrok.runs import nearest_in_log_step, write_held_elsewhere
 from antigrok.schedule import checkpoint_steps
 from antigrok.segments import progress_line, segments_table
-from antigrok.train import TRAIN_LOG_COLUMNS, TRAIN_SEGMENTS, RunSpec
+from antigrok.train import TRAIN_LOG_COLUMNS, RunSpec
 from antigrok.traps import compute_traps
 from antigrok.workflow_config import format_weight_decay, run_settings
 
@@ -121,8 +121,7 @@ def train_log_so_far(run: LongRun, state: dict | None) -> pd.DataFrame | None:
 
 
 def segments_so_far(run: LongRun, state: dict | None) -> pd.DataFrame | None:
-    if run.finished and (run.run_dir / TRAIN_SEGMENTS).exists():
-        return pd.read_csv(run.run_dir / TRAIN_SEGMENTS)
+    """The segments the resume state carries (a finished run's last ones are in its job's log)."""
     if state is None or not state.get("segments"):
         return None
     return segments_table(state["segments"])
@@ -229,7 +228,7 @@ def analyse(run: LongRun, dataset: dict, settings: AnalysisSettings) -> int:
         keep_edge_checkpoints(run, train_log, local, settings.phases)
     segments = segments_so_far(run, state)
     if segments is not None:
-        write_csv_atomically(segments, run.reference_dir / TRAIN_SEGMENTS)
+        write_csv_atomically(segments, run.reference_dir / "train_segments.csv")
     return len(new_steps)
 
 

@@ -5,7 +5,8 @@ each job continues the run from its resume state and trains until it finishes or
 continuation on another machine is equal to an uninterrupted run statistically, not bit for bit
 (another CPU rounds differently), so every segment records its machine, CPU, commit, step range
 and wall time. The list travels inside the resume state (``state["segments"]``), is written as
-``train_segments.csv`` beside a finished run, and is what ``progress_line`` measures speed from.
+logged when the run finishes, kept by scripts/long_run.py as ``train_segments.csv``, and is what
+``progress_line`` measures speed from.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from antigrok.fast_mlp_step import FastMLPStep, unsupported_reason
-from antigrok.files import write_atomically, write_csv_atomically
+from antigrok.files import write_atomically
 from antigrok.loading import read_checkpoint
 from antigrok.models import DTYPES, build_model
 from antigrok.resume import Resume, RunFiles, checkpoint_path  # noqa: F401 (checkpoint_path: re-exported)
@@ -286,7 +286,6 @@ def save_checkpoint(path: Path, model, spec: RunSpec, step: int) -> None:
 
 MAX_STEPS_BETWEEN_CLOCK_CHECKS = 256  # steps between two looks at the clock (resume state) when no event is due
 PROGRESS_EVERY_S = 600.0  # a progress line (steps/s, time left) in the job's log this often
-TRAIN_SEGMENTS = "train_segments.csv"  # beside a finished run: where each stretch of it was trained
 
 
 def run_files(spec: RunSpec, run_dir: str | Path) -> RunFiles:
@@ -306,7 +305,7 @@ def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress:
     Returns the train logs, one per run. A resume state is saved before the events of its step,
     so a resumed run does them exactly once. The state carries the run's training segments
     (antigrok.segments: machine, CPU, commit, step range and wall time of each job that trained
-    it), written as train_segments.csv beside each finished run; every PROGRESS_EVERY_S the log
+    it), logged when the run finishes; every PROGRESS_EVERY_S the log
     gets a progress line with the steps per second and the time left.
     """
     first = engine.specs[0]
@@ -364,8 +363,8 @@ def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress:
         bar.close()
     advance_segment(segments, step, time.monotonic() - job_started)
     train_logs = resume.finish([pd.DataFrame(run_rows, columns=TRAIN_LOG_COLUMNS) for run_rows in rows])
-    for run in resume.runs:
-        write_csv_atomically(segments_table(segments), run.run_dir / TRAIN_SEGMENTS)
+    # Not a results file (it would differ between two equal runs): the job's log keeps it.
+    log.info("training segments of %s:\n%s", name, segments_table(segments).to_string(index=False))
     return train_logs
 
 
