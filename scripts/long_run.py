@@ -47,8 +47,13 @@ def analyse_all(runs, config, results: Path) -> dict[str, int]:
         if not run.run_dir.exists():
             continue
         experiment = run.spec.experiment
+        dataset_path = results / "data" / f"{experiment}.pt"
+        if not dataset_path.exists():
+            # a fresh machine: training was just started and its data rule has not written the subset yet
+            log.info("%s: waiting for %s (the workflow's data rule) before analysing", run.name, dataset_path)
+            continue
         if experiment not in datasets:
-            datasets[experiment] = load_dataset(results / "data" / f"{experiment}.pt")
+            datasets[experiment] = load_dataset(dataset_path)
         counts[run.name] = analyse(run, datasets[experiment], settings)
     return counts
 

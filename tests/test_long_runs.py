@@ -289,3 +289,17 @@ def test_appended_counts_stay_integers_where_a_fit_failed(tmp_path):
     first.to_csv(run.reference_dir / "htsr.csv", index=False)
     long_runs._append(run, "htsr.csv", pd.DataFrame({"step": [1], "num_fingers": pd.array([3], dtype="Int64")}))
     assert (run.reference_dir / "htsr.csv").read_text().splitlines() == ["step,num_fingers", "0,4", "0,", "1,3"]
+
+
+def test_follow_waits_for_the_data_rule_on_a_fresh_machine(tmp_path, caplog):
+    # Training and the follow loop start together: the first analysis comes before the data rule
+    # has written the subset, and must wait for it, not end the loop.
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from long_run import analyse_all
+
+    run = LongRun(small_spec(), tmp_path / "results" / "runs" / "small", tmp_path / "docs")
+    run.run_dir.mkdir(parents=True)
+    config = load_workflow_config()
+    with caplog.at_level("INFO"):
+        assert analyse_all([run], config, tmp_path / "results") == {}
+    assert "waiting for" in caplog.text and "data rule" in caplog.text
