@@ -169,8 +169,11 @@ def checkpoint_from_payload(payload: Any, path: str | Path) -> dict:
     if is_state_dict(payload):
         return {"step": None, "seed": None, "model": payload, "state_dict_key": "", "other_keys": []}
     if isinstance(payload, dict):
-        if "format" in payload and isinstance(payload.get("model"), dict):
-            return {**payload, "state_dict_key": "model", "other_keys": []}  # the workflow's own checkpoints
+        # The workflow's own checkpoints, and the same layout without its "format" key (tests, the
+        # older checkpoints, scripts that save {"step", "model", "seed"}): their step seeds the shuffle.
+        workflow_layout = "format" in payload or isinstance(payload.get("step"), int)
+        if workflow_layout and isinstance(payload.get("model"), dict):
+            return {"seed": None, **payload, "state_dict_key": "model", "other_keys": []}
         for key in STATE_DICT_KEYS:
             if is_state_dict(payload.get(key)):
                 # the step seeds the shuffle: the workflow's own, or Lightning's global_step; a user's "step"
