@@ -346,3 +346,13 @@ def test_an_unreadable_npz_array_is_reported_as_unreadable_not_as_unsafe(tmp_pat
     np.savez(pickled, w=np.array([{"a": 1}], dtype=object))
     with pytest.raises(UnsafeFileError, match="refused"):
         read_npz_array(pickled, "w")
+
+
+@pytest.mark.parametrize("payload_extra", [{}, {"format": 1}])
+def test_a_step_model_seed_checkpoint_keeps_its_step_and_seed(payload_extra):
+    # The step and seed seed the shuffled spectra (trap counts): a checkpoint laid out as the
+    # workflow's, with or without its format key, must not be read as step 0.
+    state_dict = {"fc.weight": torch.zeros(12, 12)}
+    checkpoint = loading.checkpoint_from_payload({"step": 5, "model": state_dict, "seed": 4, **payload_extra}, "x.pt")
+    assert checkpoint["step"] == 5 and checkpoint["seed"] == 4 and checkpoint["model"] is state_dict
+    assert checkpoint["state_dict_key"] == "model"
