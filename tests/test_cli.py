@@ -59,7 +59,7 @@ def test_folder_gives_one_row_per_checkpoint_and_layer(checkpoint_dir, tmp_path,
     err = capsys.readouterr().err
     assert "wrote 4 rows" in err
     # the biases of both checkpoints are listed once, with the reason
-    assert "skipped 1 (1-D tensor (bias, norm, ...): only 2-D weight matrices are analysed): fc1.bias" in err
+    assert "skipped 1 (1-D tensor (bias, norm, ...): not a weight matrix): fc1.bias" in err
 
 
 def test_seed_option_changes_the_shuffle_and_stdout_gets_the_csv(checkpoint_dir, capsys):
@@ -87,8 +87,11 @@ def test_bad_files_get_one_error_line_and_a_nonzero_exit(checkpoint_dir, tmp_pat
     lines = error_lines(err)
     assert len(lines) == 4, err
     assert any("notes.pt: not a torch checkpoint" in line for line in lines)
-    assert any("biases.pt" in line and "no 2-D weight matrix" in line for line in lines)
-    assert any("empty: folder holds no *.pt" in line for line in lines)
+    assert f"antigrok analyze: error: {no_matrices}: nothing analysed: 2 tensors skipped: 1 1-D tensor (bias, norm, " \
+           "...): not a weight matrix: fc.bias; 1 shape 10x3 has fewer than 10 eigenvalues; WeightWatcher does not " \
+           "analyze it: fc.weight" in lines
+    assert f"antigrok analyze: error: {empty_folder}: folder holds no model files (.safetensors .npz .onnx .pt .pth .bin " \
+           ".ckpt, or a Hugging Face model.safetensors / pytorch_model.bin with or without an index); it is empty" in lines
     assert any("missing.pt: no such file" in line for line in lines)
     assert "Traceback" not in err
     assert pd.read_csv(out)["path"].unique().tolist() == [str(good)]  # the good file is still analyzed
@@ -147,7 +150,7 @@ def test_summary_on_stderr_counts_alpha_below_2_and_traps(tmp_path, capsys):
     assert f"with Correlation Traps: {len(with_traps)} of 3 layers: {', '.join(with_traps)}" in err
     assert pd.read_csv(skipped).to_dict("records") == [{
         "path": str(path), "tensor": "block.0.norm.weight", "shape": 24, "dtype": "bfloat16",
-        "reason": "1-D tensor (bias, norm, ...): only 2-D weight matrices are analysed"}]
+        "reason": "1-D tensor (bias, norm, ...): not a weight matrix"}]
 
 
 def test_layers_option_selects_by_regex_and_a_filter_matching_nothing_is_an_error(tmp_path, capsys):

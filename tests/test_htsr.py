@@ -287,22 +287,34 @@ def test_fast_engine_is_dispatched_and_checked(monkeypatch, gaussian_result):
 # --------------------------------------------------------------------------- state dicts, checkpoints
 
 
-def test_state_dict_rows_skip_biases_small_and_conv_weights_keep_embeddings():
+def test_state_dict_rows_keep_embeddings_and_conv_kernels_and_skip_what_weightwatcher_cannot_fit():
     rng = np.random.default_rng(0)
     state_dict = {
         "embed.weight": torch.tensor(rng.standard_normal((30, 12))),
         "fc.weight": torch.tensor(rng.standard_normal((20, 30)), dtype=torch.float32),
         "fc.bias": torch.zeros(20),
         "head.weight": torch.tensor(rng.standard_normal((5, 20))),  # 5 eigenvalues: too few
-        "conv.weight": torch.zeros(4, 3, 3, 3),
+        "conv.weight": torch.tensor(rng.standard_normal((4, 3, 3, 3))),  # 3 per position x 9: analysed
+        "depthwise.weight": torch.zeros(4, 1, 3, 3),  # 1 per position x 9: too few
+        "experts.gate_proj": torch.zeros(4, 12, 16),  # 3-D, not *.weight: not a Conv1d kernel
+        "conv3d.weight": torch.zeros(8, 8, 3, 3, 3),
         "steps": torch.tensor(7),
     }
     table = htsr.analyze_state_dict(state_dict, seed=0)
-    assert list(table["layer"]) == ["embed", "fc"]
-    assert list(table["rows"]) == [30, 30] and list(table["cols"]) == [12, 20]
+    assert list(table["layer"]) == ["embed", "fc", "conv"]
+    assert list(table["rows"]) == [30, 30, 4] and list(table["cols"]) == [12, 20, 3]
+    assert list(table["num_evals"]) == [12, 20, 27]
     assert (table["step"] == 0).all()
-    with pytest.raises(ValueError, match="no 2-D weight matrix"):
-        htsr.analyze_state_dict({"fc.bias": torch.zeros(3)})
+    reasons = htsr.state_dict_skip_reasons(state_dict)
+    assert reasons["depthwise.weight"] == ("shape 4x1x3x3 has fewer than 10 eigenvalues (1 per kernel position x "
+                                           "9 positions = 9); WeightWatcher does not analyze it")
+    assert reasons["experts.gate_proj"].startswith("3-D tensor not named *.weight: not taken for a Conv1d kernel")
+    assert reasons["conv3d.weight"].startswith("5-D tensor (a Conv3d kernel?)")
+    assert reasons["steps"] == "not floating point (int64)"
+    with pytest.raises(ValueError, match=r"nothing to analyse in the state_dict: 2 tensors skipped: 1 1-D tensor "
+                                         r"\(bias, norm, ...\): not a weight matrix: fc.bias; 1 not floating point "
+                                         r"\(int8\): q"):
+        htsr.analyze_state_dict({"fc.bias": torch.zeros(3), "q": torch.zeros(20, 20, dtype=torch.int8)})
 
 
 def _save_checkpoint(path, step, seed, rng):

@@ -128,7 +128,8 @@ def test_a_hugging_face_folder_prefers_safetensors_and_never_opens_the_pickle(tm
 
 
 def small_model(dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """A tiny transformer-like state_dict: embeddings, 2-D weights, a norm, a conv kernel, ids."""
+    """A tiny transformer-like state_dict: embeddings, 2-D weights, a norm, a depthwise conv kernel
+    with too few eigenvalues for WeightWatcher (9: one per position), ids."""
     g = torch.Generator().manual_seed(0)
     return {
         "model.embed_tokens.weight": torch.randn(50, 16, generator=g).to(dtype),
@@ -138,7 +139,7 @@ def small_model(dtype=torch.float32) -> dict[str, torch.Tensor]:
         "model.layers.2.mlp.up_proj.weight": torch.randn(40, 16, generator=g).to(dtype),
         "model.layers.10.mlp.up_proj.weight": torch.randn(40, 16, generator=g).to(dtype),
         "lm_head.weight": torch.randn(6, 16, generator=g).to(dtype),
-        "conv.weight": torch.randn(4, 2, 3, 3, generator=g).to(dtype),
+        "conv.weight": torch.randn(4, 1, 3, 3, generator=g).to(dtype),
         "position_ids": torch.arange(24).reshape(2, 12),
     }
 
@@ -241,7 +242,8 @@ def test_npz_bare_state_dict_and_lightning_checkpoint(tmp_path):
     np.savez(tmp_path / "weights.npz", **{k: v.numpy() for k, v in state_dict.items()})
     torch.save(state_dict, tmp_path / "bare.pt")
     torch.save({"state_dict": state_dict, "global_step": 7, "epoch": 1}, tmp_path / "lightning.ckpt")
-    for name, kind in [("weights.npz", "npz"), ("bare.pt", "torch state_dict"), ("lightning.ckpt", "torch state_dict")]:
+    for name, kind in [("weights.npz", "npz"), ("bare.pt", "torch state_dict"),
+                       ("lightning.ckpt", "torch checkpoint (state_dict under 'state_dict')")]:
         [result] = analyse(tmp_path / name)
         assert result.source.kind == kind
         assert_same_rows(result.table, expected if name != "lightning.ckpt" else
@@ -288,7 +290,8 @@ def test_the_layer_filter_and_the_skip_list(tmp_path):
     assert reasons["model.embed_tokens.weight"] == NOT_SELECTED
     everything = dict(zip(*analyze_model(source).skipped[["tensor", "reason"]].to_numpy().T))
     assert everything["model.layers.0.input_layernorm.weight"].startswith("1-D tensor")
-    assert everything["conv.weight"].startswith("4-D tensor")
+    assert everything["conv.weight"] == ("shape 4x1x3x3 has fewer than 10 eigenvalues (1 per kernel position x 9 "
+                                         "positions = 9); WeightWatcher does not analyze it")
     assert everything["lm_head.weight"] == "shape 6x16 has fewer than 10 eigenvalues; WeightWatcher does not analyze it"
     assert everything["position_ids"] == "not floating point (int64)"
     assert len(everything) == len(state_dict) - len(ANALYSED)  # every tensor is either analysed or listed
@@ -322,7 +325,7 @@ def test_open_model_errors_name_the_path(tmp_path):
     with pytest.raises(loading.ModelFileError, match="missing: no such file"):
         loading.open_model(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(loading.ModelFileError, match="empty: folder holds no"):
+    with pytest.raises(loading.ModelFileError, match="empty: folder holds no model files"):
         loading.open_model(tmp_path / "empty")
 
 
@@ -343,3 +346,13 @@ def test_an_unreadable_npz_array_is_reported_as_unreadable_not_as_unsafe(tmp_pat
     np.savez(pickled, w=np.array([{"a": 1}], dtype=object))
     with pytest.raises(UnsafeFileError, match="refused"):
         read_npz_array(pickled, "w")
+
+
+@pytest.mark.parametrize("payload_extra", [{}, {"format": 1}])
+def test_a_step_model_seed_checkpoint_keeps_its_step_and_seed(payload_extra):
+    # The step and seed seed the shuffled spectra (trap counts): a checkpoint laid out as the
+    # workflow's, with or without its format key, must not be read as step 0.
+    state_dict = {"fc.weight": torch.zeros(12, 12)}
+    checkpoint = loading.checkpoint_from_payload({"step": 5, "model": state_dict, "seed": 4, **payload_extra}, "x.pt")
+    assert checkpoint["step"] == 5 and checkpoint["seed"] == 4 and checkpoint["model"] is state_dict
+    assert checkpoint["state_dict_key"] == "model"

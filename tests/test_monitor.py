@@ -219,7 +219,9 @@ def test_back_pressure_loses_no_alarm():
 
 
 def test_a_model_without_analysable_layers_is_one_clear_error():
-    with pytest.raises(ValueError, match=r"no 2-D weight matrix with at least 10 rows and columns"):
+    with pytest.raises(ValueError, match=r"no weight matrix or conv kernel with at least 10 eigenvalues: nothing for "
+                                         r"the spectral monitor to analyse \(2 tensors skipped: 1 shape 3x5 has fewer "
+                                         r"than 10 eigenvalues; WeightWatcher does not analyze it: 0.weight; 1 1-D"):
         SpectralMonitor(torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU()), every_n_steps=10)
 
 

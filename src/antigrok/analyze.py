@@ -1,20 +1,23 @@
 """HTSR alpha and Correlation Traps of a user's own model, read layer by layer (``antigrok analyze``).
 
 ``analyze_model(source)`` analyses the tensors of one ``antigrok.loading.ModelSource`` one at a
-time: each selected 2-D floating tensor is read, converted to float64 (exact from bf16, fp16 and
-fp32), analysed by ``antigrok.htsr.analyze_weights`` exactly as the workflow's spectra rule does
+time: each selected weight matrix or conv kernel (``antigrok.htsr.weight_skip_reason``; a kernel's
+slices pooled as WeightWatcher pools them, antigrok.kernels) is read, converted to float64 (exact from
+bf16, fp16 and fp32), analysed by ``antigrok.htsr.analyze_weights`` exactly as the workflow's spectra rule does
 (so a workflow checkpoint gives its run's htsr.csv rows), its traps counted at Tracy-Widom scale
 1.0, and dropped before the next is read. Memory is bounded by the largest layer, not the model.
 
 Tensors that are not analysed are listed with the reason (``SKIPPED_COLUMNS``): not matched by
-the layer filter, not floating point, 1-D (biases, norms), more than 2-D, too small or too large
-for WeightWatcher's fit, or holding NaN / infinite entries.
+the layer filter, not floating point, 1-D (biases, norms), 3-D but not named ``*.weight`` (not a
+Conv1d kernel), 5-D or more, too small or too large for WeightWatcher's fit, or holding NaN /
+infinite entries.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,14 +39,7 @@ def skip_reason(ref: TensorRef, layers: re.Pattern | None = None) -> str:
         return NOT_SELECTED
     if ref.skip_reason:
         return ref.skip_reason
-    if not ref.is_floating:
-        return f"not floating point ({ref.dtype})"
-    if len(ref.shape) < 2:
-        return f"{len(ref.shape)}-D tensor (bias, norm, ...): only 2-D weight matrices are analysed"
-    if len(ref.shape) > 2:
-        return f"{len(ref.shape)}-D tensor: only 2-D weight matrices are analysed"
-    reason = htsr.unanalyzable_reason(ref.shape)
-    return f"shape {ref.shape[0]}x{ref.shape[1]} {reason}" if reason else ""
+    return htsr.weight_skip_reason(ref.name, ref.shape, ref.is_floating, ref.dtype)
 
 
 # Correlation Traps at Tracy-Widom scale 1: WeightWatcher's count, and the count with the mean-shift
@@ -66,6 +62,11 @@ class ModelAnalysis:
 def _skipped_row(source: ModelSource, ref: TensorRef, reason: str) -> dict:
     return {"path": str(source.path), "tensor": ref.name, "shape": "x".join(map(str, ref.shape)) or "scalar",
             "dtype": ref.dtype, "reason": reason}
+
+
+def skipped_file_row(path, reason: str) -> dict:
+    """A row of the skipped table for a whole file or folder not read (its tensor, shape, dtype empty)."""
+    return {"path": str(path), "tensor": "", "shape": "", "dtype": "", "reason": reason}
 
 
 def analyze_model(source: ModelSource, *, seed: int | None = None, layers: re.Pattern | str | None = None,
@@ -104,11 +105,13 @@ def analyze_model(source: ModelSource, *, seed: int | None = None, layers: re.Pa
     for column in TRAP_COUNTS:
         table[column] = pd.array([row[column] for row in rows], dtype="Int64")
     table["stored_dtype"] = [row["stored_dtype"] for row in rows]
-    return ModelAnalysis(source, table, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), time.perf_counter() - start)
+    return ModelAnalysis(source, table, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS), time.perf_counter() - start,
+                         notes=list(source.notes))
 
 
 def summary_lines(tables: pd.DataFrame, skipped: pd.DataFrame, num_models: int, names_shown: int = 6) -> list[str]:
-    """The end-of-run summary: layers analysed and skipped, median alpha, alpha < 2, traps."""
+    """The end-of-run summary: layers analysed, tensors and files skipped, median alpha, alpha < 2,
+    traps (and what a trap count counts)."""
 
     def named(names) -> str:
         names = list(dict.fromkeys(names))
@@ -116,10 +119,14 @@ def summary_lines(tables: pd.DataFrame, skipped: pd.DataFrame, num_models: int, 
         return ", ".join(names[:names_shown]) + more
 
     unit = "layers" if num_models <= 1 else "(file, layer) rows"
+    is_file = skipped["tensor"] == ""
+    files = f" and {int(is_file.sum())} file{'s' if is_file.sum() != 1 else ''}" if is_file.any() else ""
     lines = [f"summary: {len(tables)} {unit} analysed in {num_models} model{'s' if num_models != 1 else ''}, "
-             f"{len(skipped)} tensors skipped; every tensor analysed in float64 (bf16/fp16/fp32 upcast exactly)"]
-    for reason, group in skipped.groupby("reason", sort=False):
-        lines.append(f"  skipped {len(group)} ({reason}): {named(group['tensor'])}")
+             f"{int((~is_file).sum())} tensors{files} skipped; every tensor analysed in float64 (bf16/fp16/fp32 "
+             "upcast exactly)"]
+    labels = skipped["tensor"].where(~is_file, skipped["path"].map(lambda p: Path(p).name))
+    for reason, group in labels.groupby(skipped["reason"], sort=False):
+        lines.append(f"  skipped {len(group)} ({reason}): {named(group)}")
     if len(tables):
         alpha = pd.to_numeric(tables["alpha"], errors="coerce")
         failed = int(alpha.isna().sum())
@@ -132,8 +139,14 @@ def summary_lines(tables: pd.DataFrame, skipped: pd.DataFrame, num_models: int, 
         traps = tables["num_traps"].fillna(0).astype(int) > 0
         lines.append(f"  with Correlation Traps: {int(traps.sum())} of {len(tables)} {unit}"
                      + (f": {named(label[traps])}" if traps.any() else ""))
+        lines.append(POOLED_TRAPS_NOTE)
     return lines
 
+
+# num_traps pools WeightWatcher's shuffled replicas (5 below 100 eigenvalues) and a conv kernel's slices
+POOLED_TRAPS_NOTE = ("  (a trap count pools the shuffled copies: 5 of a layer with fewer than 100 eigenvalues, "
+                     "one per kernel position of a conv layer; it can exceed the layer's eigenvalues, as "
+                     "WeightWatcher's does)")
 
 
 def analyze_path(path, *, seed: int | None = None, layers: re.Pattern | str | None = None, fix_fingers="clip_xmax",

@@ -3,13 +3,15 @@
     antigrok analyze PATH... [-o OUT.csv] [--layers REGEX] [--skipped SKIPPED.csv] [--seed S]
                      [--fix-fingers {clip_xmax,false}] [--engine E] [--threads N] [-q]
 
-HTSR metrics and Correlation Traps of model files, from the weights alone: workflow checkpoints and
-folders of them, bare state_dicts, ``.safetensors`` files, Hugging Face model folders (sharded or
-not, safetensors or pytorch_model.bin) and ``.npz`` archives of arrays (antigrok.loading; no file
-is ever unpickled beyond tensors, numbers, strings and containers). One CSV row per (model, 2-D
-weight matrix): ``path``, the columns of htsr.csv, ``num_traps`` (Tracy-Widom scale 1.0), ``num_traps_centered``
-(the same with the shuffled matrix's mean-shift outlier removed) and ``stored_dtype``. Tensors are read and analysed one at a time, in float64. Skipped tensors and a
-summary go to stderr. A path that cannot be analysed gets one error line on stderr; the others are
+HTSR metrics and Correlation Traps of model files, from the weights alone: workflow checkpoints,
+state_dicts and checkpoints holding one under a common key, ``.safetensors``, ``.npz`` and ``.onnx``
+files, TorchScript archives, Hugging Face model folders (sharded or not, safetensors or
+pytorch_model.bin) and folders of any of these (antigrok.loading: no file's code is run). One CSV
+row per (model, weight matrix or conv kernel): ``path``, the columns of htsr.csv, ``num_traps``
+(Tracy-Widom scale 1.0), ``num_traps_centered`` (the same with the shuffled matrix's mean-shift
+outlier removed) and ``stored_dtype``. Tensors are read and analysed one at a time, in float64.
+How each file was read, the skipped tensors and files, and a summary go to stderr. A path that
+cannot be analysed gets one error line on stderr; the others are
 still analysed, and the exit code is 1.
 """
 
@@ -25,6 +27,8 @@ from antigrok.files import write_csv_atomically
 from antigrok.htsr import DEFAULT_ENGINE
 
 log = logging.getLogger(__name__)
+DESCRIPTION = ("antigrok: HTSR alpha and Correlation Traps of a model's weights, no data needed "
+               "(the command line of the anti-grokking workflow; the workflow itself runs with snakemake)")
 ERROR_PREFIX = "antigrok analyze: error:"
 
 
@@ -32,23 +36,28 @@ class AnalyzeError(Exception):
     """A path that cannot be analyzed; the message names it and says why."""
 
 
-def _openers(paths: list[str]) -> tuple[list, list[str]]:
-    """(path, opener) of every model the paths hold, and error lines for paths that hold none."""
-    from antigrok.loading import ModelFileError, model_openers
+def _openers(paths: list[str]) -> tuple[list, list[dict], list[str]]:
+    """(path, opener) of every model the paths hold, the files they hold that are not read (rows of
+    the skipped table), and error lines for paths that hold no model."""
+    from antigrok.analyze import skipped_file_row
+    from antigrok.loading import ModelFileError, folder_plan
 
-    openers, errors = [], []
+    openers, skipped_files, errors = [], [], []
     for raw in paths:
         try:
-            openers.extend(model_openers(raw))
+            plan = folder_plan(raw)
         except ModelFileError as error:
             errors.append(str(error))
-    return openers, errors
+            continue
+        openers.extend(plan.openers)
+        skipped_files.extend(skipped_file_row(file, reason) for file, reason in plan.skipped)
+    return openers, skipped_files, errors
 
 
 def _analyze_one(path: Path, opener, args, layers, bar):
     """The analysis of one model, or AnalyzeError naming its path and why."""
     from antigrok.analyze import NOT_SELECTED, analyze_model
-    from antigrok.htsr import MIN_EVALS
+    from antigrok.htsr import skipped_summary
     from antigrok.loading import ModelFileError
 
     try:
@@ -74,9 +83,10 @@ def _analyze_one(path: Path, opener, args, layers, bar):
     if result.table.empty:
         if layers is not None and (result.skipped["reason"] != NOT_SELECTED).sum() == 0:
             raise AnalyzeError(f"{path}: no tensor name matches --layers {layers.pattern!r}")
-        reasons = "; ".join(f"{n} {r}" for r, n in result.skipped["reason"].value_counts().items())
-        raise AnalyzeError(f"{path}: no 2-D weight matrix with at least {MIN_EVALS} rows and columns "
-                           f"(skipped: {reasons or 'no tensors'})")
+        if result.skipped.empty:
+            raise AnalyzeError(f"{path}: holds no tensors")
+        reasons = dict(zip(result.skipped["tensor"], result.skipped["reason"]))
+        raise AnalyzeError(f"{path}: nothing analysed: {skipped_summary(reasons)}")
     result.table.insert(0, "path", str(path))
     return result
 
@@ -100,7 +110,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         args.fix_fingers = False
     if args.threads > 0:
         _limit_threads(args.threads)
-    openers, errors = _openers(args.paths)
+    openers, skipped_files, errors = _openers(args.paths)
     for message in errors:
         print(f"{ERROR_PREFIX} {message}", file=sys.stderr)
     show = not args.quiet and bool(openers)
@@ -108,12 +118,13 @@ def analyze_command(args: argparse.Namespace) -> int:
     model_bar = tqdm(total=len(openers), desc="analyze", unit="model", file=sys.stderr,
                      disable=not show or len(openers) == 1)
     layer_bar = tqdm(total=0, unit="layer", file=sys.stderr, leave=False, disable=not show or len(openers) > 1)
-    tables, skipped = [], []
+    tables, skipped, notes = [], [pd.DataFrame(skipped_files, columns=SKIPPED_COLUMNS)], []
     for path, opener in openers:
         try:
             result = _analyze_one(path, opener, args, args.layers, layer_bar if len(openers) == 1 else None)
             tables.append(result.table)
             skipped.append(result.skipped)
+            notes.extend(f"{path}: {note}" for note in result.notes)
         except AnalyzeError as error:
             tqdm.write(f"{ERROR_PREFIX} {error}", file=sys.stderr)
             errors.append(str(error))
@@ -121,7 +132,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     layer_bar.close()
     model_bar.close()
     table = pd.concat(tables, ignore_index=True) if tables else None
-    skipped_table = pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=SKIPPED_COLUMNS)
+    skipped_table = pd.concat([table for table in skipped if not table.empty] or skipped, ignore_index=True)
     if table is not None:
         if args.output:
             write_csv_atomically(table, args.output)
@@ -131,10 +142,17 @@ def analyze_command(args: argparse.Namespace) -> int:
             table.to_csv(sys.stdout, index=False)
     if args.skipped:
         write_csv_atomically(skipped_table, args.skipped)
+    for note in notes:
+        print(note, file=sys.stderr)
     if table is not None:
         # a folder of checkpoints repeats each bias once per checkpoint: list each tensor name once
-        unique_skipped = skipped_table.drop_duplicates(["tensor", "reason"])
+        is_file = skipped_table["tensor"] == ""
+        unique_skipped = pd.concat([skipped_table[is_file],
+                                    skipped_table[~is_file].drop_duplicates(["tensor", "reason"])])
         for line in summary_lines(table, unique_skipped, len(tables)):
+            print(line, file=sys.stderr)
+    elif len(skipped_files):
+        for line in summary_lines(pd.DataFrame(), pd.DataFrame(skipped_files, columns=SKIPPED_COLUMNS), 0):
             print(line, file=sys.stderr)
     return 1 if errors or table is None else 0
 
@@ -147,24 +165,27 @@ def _regex(text: str) -> re.Pattern:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="antigrok", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="antigrok", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     analyze = commands.add_parser(
         "analyze", help="HTSR alpha and Correlation Traps of a model's weights, no data needed",
-        description="HTSR metrics (WeightWatcher 0.7.5.5) and Correlation Traps of every 2-D weight matrix of "
-                    "checkpoints, state_dicts, .safetensors files, Hugging Face model folders and .npz files; one "
-                    "CSV row per (model, layer). No file is unpickled beyond tensors, numbers, strings and "
-                    "containers: a file that needs more is refused.",
+        description="HTSR metrics (WeightWatcher 0.7.5.5) and Correlation Traps of every weight matrix and "
+                    "Conv1d / Conv2d kernel (pooled over kernel positions, as WeightWatcher does) of checkpoints, "
+                    "state_dicts, .safetensors, .npz and .onnx files, TorchScript archives and Hugging Face model "
+                    "folders; one CSV row per (model, layer). No file's code is run: torch files are unpickled "
+                    "only as tensors, numbers, strings and containers, and a file that needs more is refused.",
     )
     analyze.add_argument("paths", nargs="+", metavar="PATH",
-                         help="a model file (.pt/.bin state_dict or checkpoint, .safetensors, .npz), a Hugging Face "
-                              "model folder, or a folder of *.pt checkpoints")
+                         help="a model file (.pt .pth .bin .ckpt: a state_dict, or a checkpoint holding one under "
+                              "'model', 'model_state_dict', 'state_dict', ...; .safetensors; .npz; .onnx; a "
+                              "TorchScript archive), a Hugging Face model folder, or a folder of model files (each "
+                              "file analysed, or listed in the summary with the reason)")
     analyze.add_argument("-o", "--output", metavar="OUT.csv", help="write the table here (default: stdout)")
     analyze.add_argument("--layers", metavar="REGEX", type=_regex,
                          help="analyse only the tensors whose name matches (re.search), e.g. 'mlp|self_attn' "
-                              "(default: every 2-D floating tensor, embeddings included)")
+                              "(default: every weight matrix and conv kernel, embeddings included)")
     analyze.add_argument("--skipped", metavar="SKIPPED.csv",
-                         help="write every tensor not analysed, with its shape, dtype and the reason, here")
+                         help="write every tensor and file not analysed, with its shape, dtype and the reason, here")
     analyze.add_argument("--seed", type=int, default=None,
                          help="run seed of the randomization (default: the checkpoint's own seed, else 0; "
                               "then the rows equal the run's htsr.csv)")

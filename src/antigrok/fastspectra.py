@@ -49,6 +49,7 @@ from typing import Sequence
 import numpy as np
 import scipy.linalg
 
+from antigrok.kernels import KERNEL_NDIMS, kernel_slices, weightwatcher_dims
 from antigrok.spectral import mp_bulk_edge, mp_ks_test, rescale_like_weightwatcher, tracy_widom_term
 
 log = logging.getLogger(__name__)
@@ -192,11 +193,7 @@ def shuffled_weights(weight: np.ndarray, seed: int, out: np.ndarray | None = Non
     replicas = np.empty(shape) if out is None else out
     if replicas.shape != shape:
         raise ValueError(f"shuffled_weights: out has shape {replicas.shape}, expected {shape}")
-    rng = np.random.RandomState(seed)
-    for replica in replicas:
-        flat = replica.reshape(-1)  # a view: shuffled in place
-        flat[...] = weight.reshape(-1)
-        rng.shuffle(flat)
+    shuffled_slices(weight[None], seed, shape[0], out=replicas[:, None])
     return replicas
 
 
@@ -224,6 +221,38 @@ def random_esd_batch(weights: np.ndarray, seeds: Sequence[int], shuffled: np.nda
     return np.sort(evals.reshape(len(shuffled), -1), axis=-1)
 
 
+def kernel_replicas(shape: Sequence[int]) -> int:
+    """WeightWatcher's replicas of a conv kernel's slices: 5 when its layer has ``M * rf < 100``
+    (N, M, rf as ``antigrok.kernels.weightwatcher_dims``), else 1."""
+    _, M, rf = weightwatcher_dims(shape)
+    return FEW_COMPONENTS_REPLICAS if M * rf < FEW_COMPONENTS else 1
+
+
+def shuffled_slices(slices: np.ndarray, seed: int, replicas: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The shuffled copies of a conv kernel's slices that WeightWatcher draws after ``np.random.seed(seed)``.
+
+    ``slices`` ``(S, n, m)`` (``antigrok.kernels.kernel_slices``; one matrix: S = 1); returns
+    ``(replicas, S, n, m)`` (into ``out`` if given, C-contiguous): replica after replica, slice after
+    slice, each ``flatten()`` shuffled by one ``RandomState(seed)``.
+    """
+    slices = np.asarray(slices, dtype=np.float64)
+    result = np.empty((replicas,) + slices.shape) if out is None else out
+    rng = np.random.RandomState(seed)
+    for replica in result:
+        for source, target in zip(slices, replica):
+            flat = target.reshape(-1)  # a view: shuffled in place
+            flat[...] = source.reshape(-1)
+            rng.shuffle(flat)
+    return result
+
+
+def _shuffled_draws(weight: np.ndarray, seed: int) -> np.ndarray:
+    """WeightWatcher's shuffled draws of a matrix ``(R, out, in)`` or a kernel ``(R, S, n, m)``."""
+    if weight.ndim in KERNEL_NDIMS:
+        return shuffled_slices(kernel_slices(weight), seed, kernel_replicas(weight.shape))
+    return shuffled_weights(weight, seed)
+
+
 def centered_random_esd(weight: np.ndarray, seed: int) -> np.ndarray:
     """Eigenvalues of WeightWatcher's W_rand with its mean removed, replicas pooled and sorted.
 
@@ -231,9 +260,10 @@ def centered_random_esd(weight: np.ndarray, seed: int) -> np.ndarray:
     strength mu^2 N M that stands above the MP bulk once |mu| > sigma / (N M)^(1/4) and is counted
     as a Correlation Trap although it says nothing of correlations between rows and columns.
     Subtracting mu from the same shuffled draws (``shuffled_weights(weight, seed)``) removes that
-    spike and leaves the bulk unchanged (antigrok.traps, ``num_traps_centered``).
+    spike and leaves the bulk unchanged (antigrok.traps, ``num_traps_centered``). A conv kernel's
+    slices are shuffled one by one, so each keeps its own mean: each is centred on its own.
     """
-    replicas = shuffled_weights(weight, seed)
+    replicas = _shuffled_draws(np.asarray(weight, dtype=np.float64), seed)
     replicas -= replicas.mean(axis=(-2, -1), keepdims=True)
     return np.sort(esd_batch(replicas, shuffled=True).reshape(-1))
 
@@ -674,9 +704,14 @@ def _finite(value) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def layer_columns(evals: np.ndarray, rand_evals: np.ndarray, shape: Sequence[int], fix_fingers) -> dict:
-    """The htsr.csv columns of one layer (``antigrok.htsr.LAYER_KEYS``) from its two spectra."""
-    N, M = int(max(shape)), int(min(shape))
+def layer_columns(evals: np.ndarray, rand_evals: np.ndarray, shape: Sequence[int], fix_fingers,
+                  dims: tuple[int, int] | None = None) -> dict:
+    """The htsr.csv columns of one layer (``antigrok.htsr.LAYER_KEYS``) from its two spectra.
+
+    ``shape``: the matrix's; ``dims``: WeightWatcher's (N, M) where they are not (max, min) of it
+    (a conv kernel's, ``antigrok.kernels.weightwatcher_dims``).
+    """
+    N, M = (int(max(shape)), int(min(shape))) if dims is None else (int(dims[0]), int(dims[1]))
     row = {"rows": N, "cols": M, "num_evals": int(len(evals))}
     row.update(power_law_columns(evals, fix_fingers))
 
@@ -692,7 +727,7 @@ def layer_columns(evals: np.ndarray, rand_evals: np.ndarray, shape: Sequence[int
     try:
         mp = marchenko_pastur_fit(rand_evals, N, M)
     except FitFailed as error:  # the known degenerate spectra; any other error is a bug and raises
-        log.warning("MP fit of the shuffled spectrum of a %s matrix failed: %s", tuple(shape), error)
+        log.warning("MP fit of the shuffled spectrum of a %s weight failed: %s", tuple(shape), error)
         mp = dict.fromkeys(["rand_sigma_mp", "rand_lambda_plus", "rand_tw_term", "rand_tw_cutoff",
                             "ww_num_traps"], math.nan)
     row.update(mp)
@@ -724,10 +759,28 @@ def analyze_layer_series(weights: np.ndarray, *, seeds: Sequence[int], fix_finge
         return [layer_columns(e, r, weights.shape[1:], fix_fingers) for e, r in zip(evals, rand_evals)]
 
 
+def analyze_kernel_fast(kernel: np.ndarray, *, seed: int, fix_fingers) -> dict:
+    """WeightWatcher 0.7.5.5's analysis of one conv kernel (Conv2d ``(out, in, kh, kw)``, or Conv1d
+    ``(out, in, k)`` as ``(out, in, k, 1)``): its scaled slices decomposed and shuffled one by one,
+    their eigenvalues pooled (``antigrok.kernels``)."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    N, M, _ = weightwatcher_dims(kernel.shape)
+    slices = kernel_slices(kernel)
+    with blas_threads_for(slices.shape[1:]):
+        evals = np.sort(esd_batch(slices).reshape(-1))
+        shuffled = shuffled_slices(slices, seed, kernel_replicas(kernel.shape))
+        rand_evals = np.sort(esd_batch(shuffled, shuffled=True).reshape(-1))
+        return layer_columns(evals, rand_evals, kernel.shape, fix_fingers, dims=(N, M))
+
+
 def analyze_layer_fast(weight: np.ndarray, *, seed: int, fix_fingers) -> dict:
     """WeightWatcher 0.7.5.5's analysis of one layer (``analyze(randomize=True, fix_fingers=...)``
-    after ``np.random.seed(seed)``), computed by the fast engine. ``weight``: (out, in), as torch."""
+    after ``np.random.seed(seed)``), computed by the fast engine. ``weight``: (out, in), as torch,
+    or a conv kernel (``analyze_kernel_fast``)."""
     weight = np.asarray(weight, dtype=np.float64)
+    if weight.ndim in KERNEL_NDIMS:
+        return analyze_kernel_fast(weight, seed=seed, fix_fingers=fix_fingers)
     if weight.ndim != 2:
-        raise ValueError(f"analyze_layer_fast needs a 2-D weight matrix (out, in); got shape {weight.shape}")
+        raise ValueError(f"analyze_layer_fast needs a 2-D weight matrix (out, in) or a conv kernel; "
+                         f"got shape {weight.shape}")
     return analyze_layer_series(weight[None], seeds=[seed], fix_fingers=fix_fingers)[0]

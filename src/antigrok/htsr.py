@@ -89,7 +89,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -184,23 +184,43 @@ def analyze_layer(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax", eng
 # ----------------------------------------------------------------------------- state dicts
 
 
-def weight_matrices(state_dict: Mapping) -> dict[str, np.ndarray]:
-    """The analyzable weight matrices of a state_dict, by layer name (``fc1.weight`` -> ``fc1``).
+def weight_skip_reason(name: str, shape: Sequence[int], floating: bool = True, dtype: str = "") -> str:
+    """Why a tensor of a state_dict or model file is not analysed ("" if it is), from its name, shape
+    and dtype alone: the one rule of analyze_state_dict, the monitor and ``antigrok analyze``.
 
-    Every 2-D floating tensor or array with at least ``MIN_EVALS`` rows and columns, embeddings
-    included; biases and other 1-D tensors are skipped, and so are (with a log line) matrices
-    too small for WeightWatcher and tensors of more than 2 dimensions.
+    Analysed: 2-D floating matrices (Linear, Embedding, LSTM, attention, ...) and conv kernels
+    (antigrok.kernels: 4-D, and 3-D tensors named ``*.weight`` as nn.Conv1d names them; other 3-D
+    tensors, e.g. stacked expert matrices, are not kernels), within WeightWatcher's size limits.
+    """
+    shape = tuple(int(n) for n in shape)
+    if not floating:
+        return f"not floating point ({dtype})" if dtype else "not floating point"
+    if len(shape) < 2:
+        return f"{len(shape)}-D tensor (bias, norm, ...): not a weight matrix"
+    if len(shape) == 3 and not str(name).endswith(".weight"):
+        return ("3-D tensor not named *.weight: not taken for a Conv1d kernel (stacked matrices, e.g. "
+                "experts?); only 2-D matrices and Conv1d / Conv2d kernels are analysed")
+    if len(shape) > 4:
+        return (f"{len(shape)}-D tensor (a Conv3d kernel?): only 2-D matrices and Conv1d / Conv2d kernels are "
+                "analysed (WeightWatcher skips it too)")
+    reason = unanalyzable_reason(shape)
+    return f"shape {'x'.join(map(str, shape))} {reason}" if reason else ""
+
+
+def weight_matrices(state_dict: Mapping) -> dict[str, np.ndarray]:
+    """The analysable weights of a state_dict as float64 arrays, by layer name (``fc1.weight`` -> ``fc1``).
+
+    2-D matrices (embeddings included) and conv kernels (3-D / 4-D, antigrok.kernels), chosen by
+    ``weight_skip_reason``; the others are skipped, those of 2 or more dimensions with a log line
+    that says why. (The name is from before conv kernels were analysed.)
     """
     matrices = {}
     for key, value in state_dict.items():
         shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
-        if len(shape) != 2 or not _is_floating(value):
-            if len(shape) > 2:
-                log.info("skipping %s: a %d-D tensor (only 2-D weight matrices are analyzed)", key, len(shape))
-            continue
-        reason = unanalyzable_reason(shape)
+        reason = _state_dict_skip_reason(key, value)
         if reason:
-            log.info("skipping %s: shape %s %s", key, shape, reason)
+            if len(shape) >= 2:
+                log.info("skipping %s: %s", key, reason)
             continue
         # to_float64 reads every float dtype (bfloat16 has no NumPy type); the copy keeps the
         # matrices from changing when training goes on (the monitor's snapshots).
@@ -212,6 +232,37 @@ def _is_floating(value) -> bool:
     if hasattr(value, "is_floating_point"):
         return bool(value.is_floating_point())
     return bool(np.issubdtype(np.asarray(value).dtype, np.floating))
+
+
+def _dtype_name(value) -> str:
+    return str(getattr(value, "dtype", type(value).__name__)).removeprefix("torch.")
+
+
+def skipped_summary(reasons: Mapping[str, str], names_shown: int = 3) -> str:
+    """``2 tensors skipped: 1 not floating point (int8): w; 1 1-D tensor (...): b``: what was
+    skipped and why, from tensor name -> reason, for messages that must say what was found."""
+    if not reasons:
+        return "no tensors"
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in reasons.items():
+        by_reason.setdefault(reason, []).append(str(name))
+    parts = []
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:names_shown]) + (", ..." if len(names) > names_shown else "")
+        parts.append(f"{len(names)} {reason}: {shown}")
+    count = len(reasons)
+    return f"{count} tensor{'s' if count != 1 else ''} skipped: " + "; ".join(parts)
+
+
+def state_dict_skip_reasons(state_dict: Mapping) -> dict[str, str]:
+    """tensor name -> why it is not analysed, for the skipped tensors of a state_dict."""
+    reasons = {str(key): _state_dict_skip_reason(key, value) for key, value in state_dict.items()}
+    return {key: reason for key, reason in reasons.items() if reason}
+
+
+def _state_dict_skip_reason(key, value) -> str:
+    shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
+    return weight_skip_reason(str(key), shape, _is_floating(value), _dtype_name(value))
 
 
 def analyze_weights(matrices: Mapping[str, np.ndarray], *, run_seed: int, step: int, fix_fingers="clip_xmax",
@@ -260,7 +311,8 @@ def analyze_with_traps(matrices: Mapping[str, np.ndarray], *, run_seed: int, ste
 
 def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xmax", engine: str = DEFAULT_ENGINE,
                        step: int = 0) -> pd.DataFrame:
-    """HTSR metrics of a model's weights, no data needed: one row per analyzable 2-D weight.
+    """HTSR metrics of a model's weights, no data needed: one row per analysable weight matrix or conv
+    kernel (``weight_skip_reason``; a kernel as WeightWatcher pools it, antigrok.kernels).
 
     Columns: htsr.csv's, plus ``num_traps`` (Correlation Traps at Tracy-Widom scale 1.0) and
     ``num_traps_centered`` (the same with the mean-shift outlier removed, antigrok.traps).
@@ -269,8 +321,7 @@ def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xma
     """
     matrices = weight_matrices(state_dict)
     if not matrices:
-        raise ValueError(f"no 2-D weight matrix with at least {MIN_EVALS} rows and columns in the state_dict "
-                         f"(keys: {', '.join(list(state_dict)[:8])}{', ...' if len(state_dict) > 8 else ''})")
+        raise ValueError(f"nothing to analyse in the state_dict: {skipped_summary(state_dict_skip_reasons(state_dict))}")
     table, traps = analyze_with_traps(matrices, run_seed=seed, step=step, fix_fingers=fix_fingers, engine=engine)
     table["num_traps"] = traps["num_traps"].to_numpy()
     table["num_traps_centered"] = traps["num_traps_centered"].to_numpy()

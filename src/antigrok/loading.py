@@ -8,27 +8,38 @@ called while the file is read, so nothing here unpickles arbitrary objects:
     .safetensors                 ``safetensors.safe_open``: a JSON header and raw bytes, no pickle
     .npz                         ``numpy.load(allow_pickle=False)``; an object array (a pickle) is
                                  refused from its header, before any of it is read
+    .onnx                        ``onnx.load`` (protobuf; extra ``antigrok[onnx]``): the initializers,
+                                 nothing of the graph is run
+    TorchScript archive          (``torch.jit.save``, any suffix) antigrok.torchscript: the tensors of
+                                 its data.pkl through an allowlist; its code is never compiled or run
 
 A refused file raises ``UnsafeFileError`` (a ``ValueError``) whose message is one line naming the
 file and what it would have needed; nothing of it has executed. Any other unreadable file raises
-``ModelFileError`` (also a ``ValueError``), one line naming the file and why.
+``ModelFileError`` (also a ``ValueError``), one line naming the file and why (an empty file: "the
+file is empty").
 
 ``open_model(path)`` turns a path into ``ModelSource`` objects: lists of tensors with their name,
-shape and stored dtype, each read only when asked (``TensorRef.read_float64``). Safetensors and
-``.npz`` files are read one tensor at a time, so a model larger than memory is analysed with
-memory bounded by its largest tensor; torch files are memory-mapped where their format allows
-(``torch.save``'s zip format), which bounds the resident memory by the pages actually touched.
+shape and stored dtype, each read only when asked (``TensorRef.read_float64``), and notes on how
+the file was read (the key its state_dict was under, ...). Safetensors and ``.npz`` files are read
+one tensor at a time, so a model larger than memory is analysed with memory bounded by its largest
+tensor; torch files are memory-mapped where their format allows (``torch.save``'s zip format),
+which bounds the resident memory by the pages actually touched.
 
     file.safetensors                    one model
     folder/ with model.safetensors.index.json (+ shards), model.safetensors,
             pytorch_model.bin.index.json (+ shards) or pytorch_model.bin: one Hugging Face model
             (safetensors preferred when a folder has both); gpt-oss's MXFP4 experts
             (``*.experts.*_blocks`` / ``_scales``) become one tensor per expert and
-            projection (antigrok.mxfp4), each read from its own slice
-    folder/ of *.pt files               one model per file: the workflow's checkpoints
+            projection (antigrok.mxfp4), each read from its own slice; the folder's other
+            files are listed with the reason they are not read
+    any other folder/                   one model per model file (``MODEL_SUFFIXES``), every other
+                                        file and subfolder listed with the reason (``folder_plan``)
     file.npz                            one model, one tensor per array
+    file.onnx                           one model, one tensor per initializer
     file.pt                             a workflow checkpoint ({"step", "model", "seed", ...}), a
-                                        bare state_dict, or a Lightning-style {"state_dict": ...}
+                                        bare state_dict, or a checkpoint holding one under a key of
+                                        ``STATE_DICT_KEYS`` (the PyTorch tutorial's "model_state_dict",
+                                        Lightning's "state_dict", ...), or a TorchScript archive
 """
 
 from __future__ import annotations
@@ -107,31 +118,73 @@ def safe_torch_load(path: str | Path, mmap: bool = False) -> Any:
         if "Weights only load failed" in str(error):
             raise UnsafeFileError(
                 f"{path}: refused: {_refusal_reason(error)}; antigrok reads only tensors, numbers, strings and "
-                "containers (torch.load weights_only=True); save the weights as a state_dict of tensors or "
-                "as .safetensors") from None
+                f"containers (torch.load weights_only=True); {SAVE_A_STATE_DICT}") from None
         raise ModelFileError(f"{path}: not a torch checkpoint ({type(error).__name__}: {_one_line(error)})") from None
     except Exception as error:
         raise ModelFileError(f"{path}: not a torch checkpoint ({type(error).__name__}: {_one_line(error)})") from None
 
 
-def checkpoint_from_payload(payload: Any, path: str | Path) -> dict:
-    """A checkpoint dict with a ``model`` state_dict (``step``/``seed`` None when absent).
+# Where users' checkpoints keep the state_dict, in the order looked at: the workflow's and most
+# training scripts' "model", the PyTorch tutorial's "model_state_dict", Lightning's "state_dict", ...
+STATE_DICT_KEYS = ("model", "model_state_dict", "state_dict", "model_state", "net", "network", "module",
+                   "model_state_dicts", "ema_state_dict", "weights")
+SAVE_A_STATE_DICT = ("save the weights as torch.save(model.state_dict(), path), or a dict with the state_dict under "
+                     f"one of the keys {', '.join(repr(k) for k in STATE_DICT_KEYS[:4])}, or as .safetensors")
 
-    Accepts the workflow's checkpoints ({"step", "model", ...}), a bare state_dict (every value a
-    tensor) and {"state_dict": state_dict} (Lightning). ModelFileError otherwise.
-    """
+
+def _is_tensor(value) -> bool:
     import torch
 
-    def is_state_dict(value) -> bool:
-        return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+    return isinstance(value, torch.Tensor)
 
-    if isinstance(payload, dict) and "model" in payload and isinstance(payload["model"], dict):
-        return payload
+
+def is_state_dict(value) -> bool:
+    """A dict of tensors (what ``nn.Module.state_dict()`` returns): at least one tensor, and nothing but
+    tensors and plain numbers or strings (listed as skipped) beside them, nothing nested."""
+    if not isinstance(value, dict) or not any(_is_tensor(v) for v in value.values()):
+        return False
+    return all(_is_tensor(v) or v is None or isinstance(v, (int, float, str)) for v in value.values())
+
+
+def _describe(value) -> str:
+    if _is_tensor(value):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        keys = list(value)
+        shown = ", ".join(repr(k) for k in keys[:12]) + (", ..." if len(keys) > 12 else "")
+        return f"a dict with the top-level keys {shown}" if keys else "an empty dict"
+    return f"a {type(value).__name__}"
+
+
+def checkpoint_from_payload(payload: Any, path: str | Path) -> dict:
+    """A checkpoint dict with a ``model`` state_dict (``step``/``seed`` None when absent) and
+    ``state_dict_key``: where the state_dict was found ("" for a bare state_dict).
+
+    Accepts the workflow's checkpoints ({"step", "model", ...}), a bare state_dict (every value a
+    tensor), and a dict holding a state_dict under one of ``STATE_DICT_KEYS`` (the PyTorch tutorial's
+    {"model_state_dict", "optimizer_state_dict", "epoch"}, Lightning's {"state_dict", "global_step",
+    ...} with its keys as stored, e.g. ``model.fc1.weight``). ModelFileError otherwise, naming what
+    the file holds and what to save instead.
+    """
     if is_state_dict(payload):
-        return {"step": None, "model": payload}  # a bare state_dict from a user's own training
-    if isinstance(payload, dict) and is_state_dict(payload.get("state_dict")):
-        return {"step": payload.get("global_step"), "model": payload["state_dict"]}
-    raise ModelFileError(f"{path}: holds neither a state_dict nor a dict with a 'model' state_dict")
+        return {"step": None, "seed": None, "model": payload, "state_dict_key": "", "other_keys": []}
+    if isinstance(payload, dict):
+        # The workflow's own checkpoints, and the same layout without its "format" key (tests, the
+        # older checkpoints, scripts that save {"step", "model", "seed"}): their step seeds the shuffle.
+        workflow_layout = "format" in payload or isinstance(payload.get("step"), int)
+        if workflow_layout and isinstance(payload.get("model"), dict):
+            return {"seed": None, **payload, "state_dict_key": "model", "other_keys": []}
+        for key in STATE_DICT_KEYS:
+            if is_state_dict(payload.get(key)):
+                # the step seeds the shuffle: the workflow's own, or Lightning's global_step; a user's "step"
+                # or "epoch" counts something else, and such a file is seeded as step 0
+                step = payload.get("global_step") if key == "state_dict" else None
+                return {"step": step if isinstance(step, int) else None, "seed": None,
+                        "model": payload[key], "state_dict_key": key,
+                        "other_keys": [k for k in payload if k != key]}
+    raise ModelFileError(f"{path}: no state_dict found: the file holds {_describe(payload)} (a state_dict, a dict "
+                         f"of tensors, is looked for as the whole file or under the keys "
+                         f"{', '.join(repr(k) for k in STATE_DICT_KEYS)}); {SAVE_A_STATE_DICT}")
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
@@ -253,6 +306,7 @@ class ModelSource:
     tensors: list[TensorRef]
     step: int | None = None
     seed: int | None = None
+    notes: list[str] = field(default_factory=list)  # how it was read, for the user (the state_dict's key, ...)
 
 
 def natural_key(name: str) -> list:
@@ -275,11 +329,17 @@ def _state_dict_tensors(state_dict: dict) -> list[TensorRef]:
 
 def torch_source(path: Path, kind: str | None = None) -> ModelSource:
     checkpoint = read_checkpoint(path, mmap=True)
-    step, seed = checkpoint.get("step"), checkpoint.get("seed")
+    step, seed, key = checkpoint.get("step"), checkpoint.get("seed"), checkpoint["state_dict_key"]
     if kind is None:
         kind = "antigrok checkpoint" if "format" in checkpoint else "torch state_dict"
+    notes = []
+    if key and "format" not in checkpoint:
+        others = ", ".join(repr(k) for k in checkpoint["other_keys"])
+        kind = f"torch checkpoint (state_dict under {key!r})"
+        notes.append(f"read the state_dict under {key!r}" + (f"; not analysed: {others}" if others else ""))
     return ModelSource(path, kind, _state_dict_tensors(checkpoint["model"]),
-                       step=None if step is None else int(step), seed=None if seed is None else int(seed))
+                       step=None if step is None else int(step), seed=None if seed is None else int(seed),
+                       notes=notes)
 
 
 def safetensors_refs(path: Path) -> list[TensorRef]:
@@ -384,47 +444,151 @@ def _with_mxfp4_experts(refs: list[TensorRef], file_of: Callable[[str], Path | N
     return sorted(expanded, key=lambda ref: natural_key(ref.name))
 
 
+def onnx_refs(path: Path) -> tuple[list[TensorRef], list[str]]:
+    """The initializers of an ONNX file (name, shape, dtype; each read only when asked) and notes.
+
+    ``onnx.load`` parses the protobuf; nothing of the graph is run (no onnxruntime). Weights kept
+    in Constant nodes instead of initializers are not read (WeightWatcher reads initializers
+    only); a note says how many such tensors there are.
+    """
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:
+        raise ModelFileError(f"{path}: an ONNX file; reading its weights needs the onnx package: "
+                             "pip install 'antigrok[onnx]' (or pip install onnx)") from None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise ModelFileError(f"{path}: not an ONNX model ({type(error).__name__}: {_one_line(error)})") from None
+    refs = []
+    for initializer in model.graph.initializer:
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(initializer.data_type)).name
+        except Exception:
+            dtype = f"onnx type {initializer.data_type}"
+        refs.append(TensorRef(initializer.name, tuple(int(n) for n in initializer.dims), dtype,
+                              read=lambda t=initializer: numpy_helper.to_array(t, base_dir=str(path.parent))))
+    constants = sum(1 for node in model.graph.node if node.op_type == "Constant")
+    notes = [f"{constants} Constant nodes not read (their tensors are not initializers; WeightWatcher reads "
+             "initializers only)"] if constants else []
+    if not refs:
+        notes.append("the graph has no initializers")
+    return refs, notes
+
+
+def torchscript_source(path: Path) -> ModelSource:
+    """A TorchScript archive's tensors, read without compiling or running its code (antigrok.torchscript)."""
+    from antigrok.torchscript import RefusedGlobal, UnreadableArchive, read_torchscript_state_dict
+
+    try:
+        tensors = read_torchscript_state_dict(path)
+    except RefusedGlobal as error:
+        raise UnsafeFileError(f"{path}: refused: its TorchScript data names the Python object {error}, which "
+                              f"antigrok does not build; {SAVE_A_STATE_DICT}") from None
+    except UnreadableArchive as error:
+        raise ModelFileError(f"{path}: a TorchScript archive whose tensors cannot be read ({error}); "
+                             f"{SAVE_A_STATE_DICT}") from None
+    return ModelSource(path, "TorchScript archive", _state_dict_tensors(tensors),
+                       notes=["read the tensors of a TorchScript archive (its code is not run)"])
+
+
 def file_source(path: Path) -> ModelSource:
     """One model file, by its suffix (unknown suffixes are tried as torch files)."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: the file is empty (0 bytes)")
     if path.suffix == ".safetensors":
         refs = sorted(safetensors_refs(path), key=lambda ref: natural_key(ref.name))
         return ModelSource(path, "safetensors", _with_mxfp4_experts(refs, lambda _: path, path))
     if path.suffix == ".npz":
         return npz_source(path)
+    if path.suffix == ".onnx":
+        refs, notes = onnx_refs(path)
+        return ModelSource(path, "ONNX initializers", refs, notes=notes)
+    from antigrok.torchscript import is_torchscript_archive
+
+    if is_torchscript_archive(path):
+        return torchscript_source(path)
     return torch_source(path)
 
 
-def _folder_model_files(folder: Path) -> list[Path]:
-    """A folder's ``*.pt`` checkpoints, sorted; without any, its other model files."""
-    checkpoints = sorted(folder.glob("*.pt"))
-    if checkpoints:
-        return checkpoints
-    return sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".npz", *TORCH_SUFFIXES) and p.is_file())
+MODEL_SUFFIXES = (".safetensors", ".npz", ".onnx", *TORCH_SUFFIXES)
+NOT_A_MODEL_FILE = f"not a model file (antigrok reads {' '.join(MODEL_SUFFIXES)})"
+
+
+@dataclass
+class FolderPlan:
+    """What a path holds: the models to open, in order, and every other file with why it is not read."""
+
+    openers: list[tuple[Path, Callable[[], ModelSource]]]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _hugging_face_plan(folder: Path) -> FolderPlan | None:
+    """A Hugging Face model folder as one model (safetensors preferred), the other files listed."""
+    for index_name in HF_INDEX_FILES:
+        if (folder / index_name).is_file():
+            opener = lambda: hugging_face_source(folder, index_name, None)  # noqa: E731
+            read = {folder / index_name} | _shard_paths(folder, index_name)
+            break
+    else:
+        for single_name in HF_SINGLE_FILES:
+            if (folder / single_name).is_file():
+                opener = lambda: hugging_face_source(folder, None, single_name)  # noqa: E731
+                read = {folder / single_name}
+                break
+        else:
+            return None
+    model_name = next(p.name for p in sorted(read) if p.name in HF_INDEX_FILES + HF_SINGLE_FILES)
+    skipped = []
+    for file in sorted(p for p in folder.iterdir() if p not in read):
+        if file.is_dir():
+            skipped.append((file, "a folder inside the model folder (give its path to analyse it)"))
+        elif file.suffix in MODEL_SUFFIXES:
+            skipped.append((file, f"not read: the folder is one Hugging Face model, read from {model_name}"))
+        else:
+            skipped.append((file, NOT_A_MODEL_FILE))
+    return FolderPlan([(folder, opener)], skipped)
+
+
+def _shard_paths(folder: Path, index_name: str) -> set[Path]:
+    try:
+        return set(_shard_files(folder, index_name).values())
+    except ModelFileError:
+        return set()  # the error is raised, naming the shard, when the model is opened
+
+
+def folder_plan(path: str | Path) -> FolderPlan:
+    """Every model a path holds, each with the function that opens it, and the files not read.
+
+    A Hugging Face folder is one model (safetensors preferred over pytorch_model.bin); any other
+    folder gives one model per model file (``MODEL_SUFFIXES``), each opened only when its turn
+    comes; every other file and subfolder is listed with the reason. ModelFileError for a path
+    that does not exist or a folder without model files (naming what it holds).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file or folder")
+    if not path.is_dir():
+        return FolderPlan([(path, lambda: file_source(path))])
+    hugging_face = _hugging_face_plan(path)
+    if hugging_face is not None:
+        return hugging_face
+    entries = sorted(path.iterdir(), key=lambda p: natural_key(p.name))
+    files = [p for p in entries if p.is_file() and p.suffix in MODEL_SUFFIXES]
+    skipped = [(p, "a subfolder (give its path to analyse it)" if p.is_dir() else NOT_A_MODEL_FILE)
+               for p in entries if p not in files]
+    if not files:
+        found = ", ".join(p.name for p, _ in skipped[:6]) + (", ..." if len(skipped) > 6 else "")
+        raise ModelFileError(f"{path}: folder holds no model files ({' '.join(MODEL_SUFFIXES)}, or a Hugging Face "
+                             f"model.safetensors / pytorch_model.bin with or without an index); "
+                             f"{'found: ' + found if found else 'it is empty'}")
+    return FolderPlan([(file, lambda file=file: file_source(file)) for file in files], skipped)
 
 
 def model_openers(path: str | Path) -> list[tuple[Path, Callable[[], ModelSource]]]:
-    """(path, function that opens the model) for every model a path holds, in order.
-
-    A Hugging Face folder is one model (safetensors preferred over pytorch_model.bin); any other
-    folder gives one model per checkpoint file, opened only when its turn comes. ModelFileError for
-    a path that does not exist or a folder without model files.
-    """
-    path = Path(path)
-    if path.is_dir():
-        for index_name in HF_INDEX_FILES:
-            if (path / index_name).is_file():
-                return [(path, lambda: hugging_face_source(path, index_name, None))]
-        for single_name in HF_SINGLE_FILES:
-            if (path / single_name).is_file():
-                return [(path, lambda: hugging_face_source(path, None, single_name))]
-        files = _folder_model_files(path)
-        if not files:
-            raise ModelFileError(f"{path}: folder holds no *.pt checkpoint files and no model files (model.safetensors, "
-                                 "model.safetensors.index.json, pytorch_model.bin, *.safetensors, *.npz)")
-        return [(file, lambda file=file: file_source(file)) for file in files]
-    if path.exists():
-        return [(path, lambda: file_source(path))]
-    raise ModelFileError(f"{path}: no such file or folder")
+    """(path, function that opens the model) for every model a path holds, in order (``folder_plan``)."""
+    return folder_plan(path).openers
 
 
 def open_model(path: str | Path) -> list[ModelSource]:

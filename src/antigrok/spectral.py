@@ -126,6 +126,8 @@ def mp_ks_test(rand_evals: np.ndarray, rows: int, cols: int, sigma) -> tuple[flo
     rand_evals = np.asarray(rand_evals, dtype=np.float64)
     if not (math.isfinite(sigma) and sigma > 0) or len(rand_evals) == 0:
         return math.nan, math.nan
+    if int(rows) < int(cols):  # WeightWatcher's N < M of some conv kernels (antigrok.kernels): no MP law
+        return math.nan, math.nan
     x = np.sort(rescale_like_weightwatcher(rand_evals)[0])
     n = len(x)
     cdf = mp_cdf(x, int(rows) / int(cols), sigma)

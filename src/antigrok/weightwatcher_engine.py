@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from antigrok.kernels import KERNEL_NDIMS, weightwatcher_dims, weightwatcher_kernel
 from antigrok.spectral import mp_ks_test, tracy_widom_cutoff
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,19 @@ def _recording_watcher_class(weightwatcher):
 
 
 def unanalyzable_reason(shape) -> str:
-    """Why WeightWatcher would skip a matrix of this shape ("" if it analyzes it)."""
-    if min(shape) < MIN_EVALS:
-        return f"has fewer than {MIN_EVALS} eigenvalues; WeightWatcher does not analyze it"
-    if min(shape) > MAX_EVALS or max(shape) > MAX_N:
-        return (f"is larger than WeightWatcher analyzes (min dimension <= {MAX_EVALS}, "
-                f"max dimension <= {MAX_N})")
+    """Why WeightWatcher would skip a matrix or conv kernel of this shape ("" if it analyzes it).
+
+    Its limits (``analyze(pool=True)``) are on the pooled eigenvalues ``M * rf`` and on ``N``, with
+    N, M, rf as its layer has them (antigrok.kernels.weightwatcher_dims; rf = 1 for a matrix).
+    """
+    N, M, rf = weightwatcher_dims(shape)
+    evals = M * rf
+    counted = "" if rf == 1 else f" ({M} per kernel position x {rf} positions = {evals})"
+    if evals < MIN_EVALS:
+        return f"has fewer than {MIN_EVALS} eigenvalues{counted}; WeightWatcher does not analyze it"
+    if evals > MAX_EVALS or N > MAX_N:
+        return (f"is larger than WeightWatcher analyzes (at most {MAX_EVALS} eigenvalues{counted or ''}, "
+                f"largest dimension at most {MAX_N})")
     return ""
 
 
@@ -109,9 +117,10 @@ _unanalyzable = unanalyzable_reason  # its name before it was public
 
 
 def _check_weight(weight) -> np.ndarray:
+    """A matrix (out, in) or conv kernel (out, in, k[, k2]) as float64, or ValueError saying why not."""
     weight = np.asarray(weight)
-    if weight.ndim != 2:
-        raise ValueError(f"expected a 2-D weight matrix, got shape {weight.shape}")
+    if weight.ndim not in (2, *KERNEL_NDIMS):
+        raise ValueError(f"expected a 2-D weight matrix or a 3-D / 4-D conv kernel, got shape {weight.shape}")
     reason = unanalyzable_reason(weight.shape)
     if reason:
         raise ValueError(f"weight of shape {weight.shape} {reason}")
@@ -133,7 +142,8 @@ def _finite_or_nan(value) -> float:
 def analyze_layer_ww(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax") -> dict:
     """One layer through WeightWatcher 0.7.5.5 with the global NumPy RNG seeded by ``seed``.
 
-    ``weight`` (out, in) as torch stores it. Returns the keys of ``LAYER_KEYS``.
+    ``weight`` (out, in) as torch stores it, or a conv kernel (antigrok.kernels: a Conv1d's
+    ``(out, in, k)`` is given as the Conv2d kernel ``(out, in, k, 1)``). Returns the keys of ``LAYER_KEYS``.
     """
     weight = _check_weight(weight)
     watcher_class = _recording_watcher_class(_weightwatcher())
@@ -144,7 +154,8 @@ def analyze_layer_ww(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax") 
     stdout = io.StringIO()
     try:
         np.random.seed(seed)
-        watcher = watcher_class(model={"W.weight": weight})
+        stored = weight if weight.ndim == 2 else weightwatcher_kernel(weight)  # a 4-D weight: its Conv2d path
+        watcher = watcher_class(model={"W.weight": stored})
         watcher.recorded = {}
         with warnings.catch_warnings(), contextlib.redirect_stdout(stdout):
             warnings.simplefilter("ignore")  # log10(0) and friends on degenerate spectra: NaN follows

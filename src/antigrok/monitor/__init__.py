@@ -1,7 +1,8 @@
 """Watch a training run as it happens: a live record of the weights' HTSR statistics, and alarms.
 
-``SpectralMonitor(model, every_n_steps=..., csv_path=...)`` looks at a model's 2-D weights every
-so many optimizer steps, analyses them with the workflow's own spectral engine
+``SpectralMonitor(model, every_n_steps=..., csv_path=...)`` looks at a model's weight matrices and
+conv kernels (antigrok.kernels, pooled as WeightWatcher pools them) every so many optimizer
+steps, analyses them with the workflow's own spectral engine
 (``antigrok.htsr``: the same function and seeding as the ``spectra`` rule, so a monitored step
 gives the numbers a checkpoint of it would: alpha, raw and centred Correlation Traps, the MP fit)
 and appends one row per layer to a CSV, to plot and compare. It evaluates alarms on those rows
@@ -42,7 +43,15 @@ import numpy as np
 import pandas as pd
 
 from antigrok.detector import SPECTRAL_ALARMS
-from antigrok.htsr import DEFAULT_ENGINE, HTSR_COLUMNS, MIN_EVALS, analyze_with_traps, weight_matrices
+from antigrok.htsr import (
+    DEFAULT_ENGINE,
+    HTSR_COLUMNS,
+    MIN_EVALS,
+    analyze_with_traps,
+    skipped_summary,
+    state_dict_skip_reasons,
+    weight_matrices,
+)
 from antigrok.htsr import analyze_weights, htsr_table  # noqa: F401 (importable from here before)
 from antigrok.monitor.alarms import Alarm, AlarmWatch, RuleAlarm, RuleWatch
 from antigrok.progress import l2_norm
@@ -79,7 +88,7 @@ class SpectralAlarmWarning(UserWarning):
 
 
 def snapshot_weights(model, layers: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """Copies of the analysable 2-D weights of ``model`` (an nn.Module) as float64 NumPy arrays on
+    """Copies of the analysable weights (matrices, conv kernels) of ``model`` (an nn.Module) as float64 arrays on
     the CPU, by layer name as htsr.csv names them (``fc1.weight`` -> ``fc1``); only ``layers`` if
     given. The copies do not change when training goes on."""
     matrices = weight_matrices(model.state_dict())  # copies: astype(float64) always copies
@@ -120,7 +129,7 @@ class SpectralMonitor:
 
     ``csv_path``: the rows (MONITOR_COLUMNS: htsr.csv's and traps.csv's columns, one per layer and
     analysed step) are appended there as they come in; the file is started afresh unless
-    ``append``. ``layers``: the layers to analyse (default: every analysable 2-D weight, as the
+    ``append``. ``layers``: the layers to analyse (default: every analysable weight matrix and conv kernel, as the
     workflow does); ``average_layers``: those averaged into the alpha alarm (default: ``layers``;
     name them as htsr.average_layers does: a small layer such as a 10-class output often has no
     power-law fit, and a layer without alpha makes the average missing).
@@ -182,14 +191,13 @@ class SpectralMonitor:
         shapes = _analysable_layers(model)
         if not shapes:
             raise ValueError(
-                f"{type(model).__name__} has no 2-D weight matrix with at least {MIN_EVALS} rows and columns: "
-                "nothing for the spectral monitor to analyse (HTSR needs weight matrices of at least "
-                f"{MIN_EVALS} x {MIN_EVALS})"
+                f"{type(model).__name__} has no weight matrix or conv kernel with at least {MIN_EVALS} eigenvalues: "
+                f"nothing for the spectral monitor to analyse ({skipped_summary(state_dict_skip_reasons(model.state_dict()))})"
             )
         self.layers = list(layers) if layers is not None else list(shapes)
         unknown = [name for name in self.layers if name not in shapes]
         if unknown:
-            raise ValueError(f"layers {unknown} are not analysable 2-D weights of the model; it has {list(shapes)}")
+            raise ValueError(f"layers {unknown} are not analysable weights of the model; it has {list(shapes)}")
         self.average_layers = list(average_layers) if average_layers is not None else list(self.layers)
         unknown = [name for name in self.average_layers if name not in self.layers]
         if unknown:
