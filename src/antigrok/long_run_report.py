@@ -128,9 +128,15 @@ def missing_message(paths: Sequence[Path]) -> str:
 
 
 def check_reference_files(runs: Sequence[LongRun]) -> None:
-    """Every file the report reads, or one error naming all that are missing."""
-    missing = [run.reference_dir / name for run in runs for name in REQUIRED_FILES
-               if not (run.reference_dir / name).exists()]
+    """Every file the report reads (the rows, and the checkpoints checkpoints.csv lists), or one
+    error naming all that are missing, before anything is drawn."""
+    wanted = []
+    for run in runs:
+        wanted += [run.reference_dir / name for name in REQUIRED_FILES]
+        index = run.reference_dir / "checkpoints.csv"
+        if index.exists():
+            wanted += [run.reference_dir / "checkpoints" / file for file in pd.read_csv(index)["file"]]
+    missing = [path for path in wanted if not path.exists()]
     if missing:
         raise FileNotFoundError(missing_message(missing))
 
@@ -154,10 +160,11 @@ def run_names(statuses: Sequence[RunStatus]) -> list[str]:
 
 def status_line(statuses: Sequence[RunStatus], names: Sequence[str] | None = None) -> str:
     """``provisional: wd 0 at step N of 1e7; wd 0.01 at step M of 1e7`` while any run trains,
-    ``finished: wd 0 finished (1e7 steps); ...`` once all have."""
+    ``finished: wd 0 (1e7 steps); wd 0.01 (1e7 steps)`` once all have."""
     names = run_names(statuses) if names is None else names
-    head = "finished" if all(s.finished for s in statuses) else "provisional"
-    return f"{head}: " + "; ".join(s.where(name) for s, name in zip(statuses, names))
+    if all(s.finished for s in statuses):
+        return "finished: " + "; ".join(f"{name} ({format_steps(s.last_step)} steps)" for s, name in zip(statuses, names))
+    return "provisional: " + "; ".join(s.where(name) for s, name in zip(statuses, names))
 
 
 def status_table(statuses: Sequence[RunStatus]) -> pd.DataFrame:
