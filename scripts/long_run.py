@@ -5,6 +5,7 @@
     python scripts/long_run.py follow     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --commit
     python scripts/long_run.py save-state --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --commit
     python scripts/long_run.py status     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu
+    python scripts/long_run.py report     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --report-dir REPORT_DIR
 
 restore: every unfinished run whose committed state is newer than the work tree's continues from
 it. analyse: each checkpoint that appeared since the last call is analysed (spectra, raw and
@@ -12,18 +13,23 @@ centred traps, progress measures) into OUT's per-run files, with the train log, 
 segments and the phase-edge checkpoints. follow: analyse every --analyse-every seconds until every
 run has finished, committing OUT's rows every --commit-every seconds with --commit. save-state:
 copy each run's resume state into OUT (commit it once per working period: a few MB each).
+report: the paper's figures (Figs. 1, 3, 4/6, 5/7) and tables (1, 2, 4, and the comparison with the
+paper) from OUT's rows alone, into --report-dir with a REPORT.md; "provisional: wd 0 at step N of
+1e7" on every output while a run trains (antigrok.long_run_report).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from antigrok.data import load_dataset
+from antigrok.long_run_report import write_report
 from antigrok.long_runs import AnalysisSettings, analyse, long_runs, restore, save_state, status_line
 from antigrok.workflow_config import load_workflow_config
 
@@ -85,14 +91,17 @@ def follow(runs, config, args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["restore", "analyse", "follow", "save-state", "status"])
+    parser.add_argument("action", choices=["restore", "analyse", "follow", "save-state", "status", "report"])
     parser.add_argument("--configfile", nargs="+", required=True, type=Path, help="the config(s) the runs were started with")
     parser.add_argument("--out", required=True, type=Path, help="the reference folder, e.g. docs/reference/paper_cpu")
     parser.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
     parser.add_argument("--commit", action="store_true", help="git-commit what changed under OUT (follow, save-state)")
     parser.add_argument("--analyse-every", type=float, default=300.0, help="follow: seconds between analyses")
     parser.add_argument("--commit-every", type=float, default=3000.0, help="follow: seconds between commits")
+    parser.add_argument("--report-dir", type=Path, help="report: the folder the figures, tables and REPORT.md go to")
     args = parser.parse_args(argv)
+    if args.action == "report" and args.report_dir is None:
+        parser.error("report needs --report-dir (the folder its figures, tables and REPORT.md go to)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
 
     config = load_workflow_config(args.configfile)
@@ -106,6 +115,14 @@ def main(argv=None) -> int:
             print(f"{status_line(run)} ({counts.get(run.name, 0)} new checkpoints analysed)")
     elif args.action == "follow":
         follow(runs, config, args)
+    elif args.action == "report":
+        command = "python scripts/long_run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        try:
+            print(write_report(runs, config, args.report_dir, command, reference=args.out))
+        except (FileNotFoundError, ValueError) as error:  # a missing or empty reference file: say which
+            print(f"long_run.py report: {error}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.report_dir / 'REPORT.md'}")
     elif args.action == "save-state":
         saved = {run.name: save_state(run) for run in runs}
         for name, step in saved.items():

@@ -191,10 +191,14 @@ def _seed_count(*frames: pd.DataFrame | None) -> int:
     return max((frame["seed"].nunique() for frame in frames if frame is not None and "seed" in frame), default=0)
 
 
-def run_title(what: str, experiment: str, weight_decay: float | str, seeds: int | None = None) -> str:
+def run_title(what: str, experiment: str, weight_decay: float | str, seeds: int | None = None,
+              note: str | None = None) -> str:
+    """A figure's title; ``note`` is a last line, e.g. how far an unfinished run had trained."""
     title = f"{what}\n{experiment}, weight decay {weight_decay}"
     if seeds:
         title += f" (mean and min-max over {seeds} seed{'s' if seeds != 1 else ''})"
+    if note:
+        title += f"\n{note}"
     return title
 
 
@@ -650,24 +654,26 @@ def figure_layers(experiment: str, average_layers: dict, available: Iterable[str
     return wanted or available
 
 
-def accuracy_figure_from_files(train_logs, phases, experiment, weight_decay, outputs) -> None:
+def accuracy_figure_from_files(train_logs, phases, experiment, weight_decay, outputs, note: str | None = None) -> None:
     log_frame = read_run_tables(train_logs)
     phase_frame = read_run_tables(phases) if phases else None
-    title = run_title("Train and test accuracy (Fig. 1)", experiment, weight_decay, _seed_count(log_frame))
+    title = run_title("Train and test accuracy (Fig. 1)", experiment, weight_decay, _seed_count(log_frame), note)
     save_figure(plot_accuracy(log_frame, phase_frame, title), outputs)
 
 
-def alpha_figure_from_files(htsr, phases, experiment, weight_decay, average_layers, alpha_critical, outputs) -> None:
+def alpha_figure_from_files(htsr, phases, experiment, weight_decay, average_layers, alpha_critical, outputs,
+                            note: str | None = None) -> None:
     frame = read_run_tables(htsr)
     layers = figure_layers(experiment, average_layers, frame["layer"])
-    title = run_title("HTSR α (Fig. 4 / Fig. 6)", experiment, weight_decay, _seed_count(frame))
+    title = run_title("HTSR α (Fig. 4 / Fig. 6)", experiment, weight_decay, _seed_count(frame), note)
     figure = plot_alpha(frame, read_run_tables(phases) if phases else None, layers, alpha_critical, title)
     save_figure(figure, outputs)
 
 
-def progress_figure_from_files(progress, phases, experiment, weight_decay, outputs) -> None:
+def progress_figure_from_files(progress, phases, experiment, weight_decay, outputs, note: str | None = None) -> None:
     frame = read_run_tables(progress)
-    title = run_title("Progress measures and l2 norm (Fig. 5 / Fig. 7)", experiment, weight_decay, _seed_count(frame))
+    title = run_title("Progress measures and l2 norm (Fig. 5 / Fig. 7)", experiment, weight_decay, _seed_count(frame),
+                      note)
     save_figure(plot_progress(frame, read_run_tables(phases) if phases else None, title), outputs)
 
 
