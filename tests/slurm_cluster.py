@@ -6,6 +6,11 @@ What this needs, found the hard way:
     so a SLURM_CONF elsewhere is lost inside jobs. Files already there are backed up and restored.
   - proctrack/linuxproc, task/none, no accounting (no slurmdbd), SlurmUser=root.
   - A GPU is faked in gres.conf with `File=/dev/null` (a GPU without a File makes the node invalid).
+  - slurmd 24.11 (Debian 13) starts its cgroup plugin whatever the task and proctrack plugins, and
+    exits where there is no cgroup tree (a chroot, a container without /sys/fs/cgroup: "Unable to
+    initialize cgroup plugin"). cgroup.conf's `CgroupPlugin=disabled` (new in 24.05) turns that
+    off from 24.05 on; 22.05 (Debian 12) knows no such value, starts no cgroup plugin here and
+    gets no cgroup.conf.
   - munged runs as the munge user with /run/munge owned by munge.
   - A large MinJobAge keeps finished jobs visible to `squeue` (the status command without sacct).
   - Which GPU variables a job sees for such a fake GPU depends on the SLURM version: ask the
@@ -29,7 +34,9 @@ from pathlib import Path
 from antigrok.runlog import SLURM_GPU_VARIABLES
 
 SLURM_ETC = Path("/etc/slurm")
-CONFIG_FILES = ("slurm.conf", "gres.conf")
+CONFIG_FILES = ("slurm.conf", "gres.conf", "cgroup.conf")
+# The first SLURM whose cgroup.conf takes CgroupPlugin=disabled (its NEWS, 24.05.0rc1).
+CGROUP_DISABLED_SINCE = (24, 5)
 DAEMONS = ("slurmctld", "slurmd", "munged")
 CLIENTS = ("sinfo", "sbatch", "squeue", "scontrol", "scancel", "srun", "munge", "unmunge")
 MUNGE_RUN_DIR = Path("/run/munge")
@@ -91,6 +98,14 @@ def slurm_version() -> str:
     return (result.stdout + result.stderr).strip()
 
 
+def slurm_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a `slurmd -V` text, e.g. ``slurm-wlm 24.11.5`` -> (24, 11)."""
+    match = re.search(r"(\d+)\.(\d+)", version)
+    if match is None:
+        raise RuntimeError(f"cannot read a SLURM version from `slurmd -V`: {version!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -132,6 +147,20 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 def gres_conf() -> str:
     lines = [f"NodeName={NODE} Name=gpu File={path}" for path in FAKE_GPU_FILES]
     return f"{OUR_HEADER}: fake GPUs for a test.\n" + "\n".join(lines) + "\n"
+
+
+def cgroup_conf() -> str:
+    """No cgroups: this node tracks processes by /proc (proctrack/linuxproc) and binds nothing
+    (task/none); a container or chroot may have no cgroup tree, or one that slurmd may not touch."""
+    return f"{OUR_HEADER}: no cgroups for a test.\nCgroupPlugin=disabled\n"
+
+
+def config_files(state_dir: Path, version: str, cpus: int) -> dict[str, str]:
+    """The files this test writes to /etc/slurm for a slurmd of `slurmd -V` ``version``."""
+    files = {"slurm.conf": slurm_conf(state_dir, free_port(), free_port(), cpus), "gres.conf": gres_conf()}
+    if slurm_release(version) >= CGROUP_DISABLED_SINCE:
+        files["cgroup.conf"] = cgroup_conf()
+    return files
 
 
 def munge_works() -> bool:
@@ -225,9 +254,13 @@ class SingleNodeSlurm:
                 self._backups[name] = Path(shutil.copy2(original, backup_dir / name))
             else:
                 self._backups[name] = None
-        cpus = os.cpu_count() or 1
-        (SLURM_ETC / "slurm.conf").write_text(slurm_conf(self.state_dir, free_port(), free_port(), cpus))
-        (SLURM_ETC / "gres.conf").write_text(gres_conf())
+        files = config_files(self.state_dir, slurm_version(), os.cpu_count() or 1)
+        for name in CONFIG_FILES:
+            if name in files:
+                (SLURM_ETC / name).write_text(files[name])
+            elif self._backups[name] is None:
+                # Not for this version (cgroup.conf before 24.05): a leftover of ours must not stay.
+                (SLURM_ETC / name).unlink(missing_ok=True)
 
     def _restore_config(self) -> None:
         for name, backup in self._backups.items():

@@ -28,7 +28,9 @@ import yaml
 
 from antigrok.runlog import SLURM_GPU_VARIABLES, read_slurm_allocation
 from conftest import copy_workflow, requires_mnist, snakemake
-from slurm_cluster import FAKE_GPU_FILES, GpuStep, SingleNodeSlurm, missing_requirements, slurm_version
+from slurm_cluster import (
+    FAKE_GPU_FILES, GpuStep, SingleNodeSlurm, config_files, missing_requirements, slurm_release, slurm_version,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -186,3 +188,15 @@ def test_the_gpu_check_requires_each_variable_slurm_set_in_the_test_step():
 def test_the_gpu_check_leaves_out_what_slurm_did_not_set_in_the_test_step():
     step = GpuStep(job_id="1", variables={"SLURM_STEP_GPUS": "0"})
     assert_the_step_saw_its_gpu(Path("train.log"), {**TRAINING_STEP, "CUDA_VISIBLE_DEVICES": None}, step)
+
+
+# The cluster's configuration per SLURM version, without a cluster: slurmd from 24.05 on needs
+# cgroups switched off in cgroup.conf, and 22.05 knows no CgroupPlugin=disabled.
+def test_the_cluster_disables_cgroups_from_slurm_24_05_on(tmp_path):
+    assert slurm_release("slurm-wlm 24.11.5") == (24, 11)
+    assert "cgroup.conf" not in config_files(tmp_path, "slurm-wlm 22.05.8", cpus=2)
+    assert "cgroup.conf" not in config_files(tmp_path, "slurm 23.11.4", cpus=2)
+    for version in ("slurm 24.05.2", "slurm-wlm 24.11.5", "slurm 25.05.0"):
+        assert "CgroupPlugin=disabled" in config_files(tmp_path, version, cpus=2)["cgroup.conf"].splitlines()
+    with pytest.raises(RuntimeError, match="cannot read a SLURM version"):
+        slurm_release("slurmd: command not found")
