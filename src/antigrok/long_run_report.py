@@ -46,6 +46,7 @@ from antigrok.figures import (
 from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.htsr import analyze_weights, weight_matrices
 from antigrok.long_runs import EDGE_COLUMNS, LongRun
+from antigrok.mechanism.checkpoints import read_state_dict
 from antigrok.paper import compare_with_paper, comparison_markdown, read_paper_tables
 from antigrok.runs import read_run_files
 from antigrok.spectral import read_htsr, save_spectra
@@ -245,12 +246,10 @@ def edge_checkpoints(run: LongRun) -> pd.DataFrame:
 def edge_spectra(run: LongRun, edges: pd.DataFrame, config: dict, npz_path: Path) -> pd.DataFrame:
     """The spectra of the kept edge checkpoints, as the spectra rule computes them (the run's seed
     seeds each layer's randomization), written to ``npz_path``; their htsr rows."""
-    from safetensors.numpy import load_file  # raw arrays and a JSON header: nothing is unpickled
-
     rows, arrays = [], {}
     for step, file in edges.drop_duplicates("checkpoint_step")[["checkpoint_step", "file"]].itertuples(index=False):
         path = reference_file(run, f"checkpoints/{file}")
-        matrices = weight_matrices(load_file(str(path)))
+        matrices = weight_matrices(read_state_dict(path))  # safetensors: nothing is unpickled
         step_rows, step_arrays = analyze_weights(matrices, run_seed=run.spec.seed, step=int(step),
                                                  fix_fingers=config["htsr"]["fix_fingers"],
                                                  engine=config["htsr"]["engine"])
@@ -308,20 +307,16 @@ def with_status(markdown: str, status: str) -> str:
     return f"{title}\n\n**{status}**\n{rest}"
 
 
-def status_column(frame: pd.DataFrame, statuses: Sequence[RunStatus]) -> pd.Series:
+def status_column(frame: pd.DataFrame, groups: Sequence[RunGroup]) -> pd.Series:
     """Per row of a table with experiment and weight_decay: the status line of the runs behind it."""
-    lines = {}
-    names = run_names(statuses)
-    for key in {(s.experiment, s.weight_decay) for s in statuses}:
-        members = [(s, n) for s, n in zip(statuses, names) if (s.experiment, s.weight_decay) == key]
-        lines[key] = status_line([s for s, _ in members], [n for _, n in members])
+    lines = {(group.experiment, group.weight_decay): group.note for group in groups}
     return pd.Series([lines.get((experiment, float(weight_decay)), "no run")
                       for experiment, weight_decay in zip(frame["experiment"], frame["weight_decay"])],
                      index=frame.index, dtype=object)
 
 
-def write_tables(runs: Sequence[LongRun], statuses: Sequence[RunStatus], config: dict, folder: Path,
-                 status: str) -> list[Path]:
+def write_tables(runs: Sequence[LongRun], statuses: Sequence[RunStatus], groups: Sequence[RunGroup], config: dict,
+                 folder: Path, status: str) -> list[Path]:
     """Tables 1, 2, 4 (antigrok.summary, as rule tables makes them) and the paper comparison."""
     htsr = read_run_files([reference_file(run, "htsr.csv") for run in runs])
     traps = read_run_files([reference_file(run, "traps.csv") for run in runs])
@@ -335,7 +330,7 @@ def write_tables(runs: Sequence[LongRun], statuses: Sequence[RunStatus], config:
     }
     written = []
     for name, table in tidy.items():
-        write_csv_atomically(table.assign(status=status_column(table, statuses)), folder / f"{name}.csv")
+        write_csv_atomically(table.assign(status=status_column(table, groups)), folder / f"{name}.csv")
         markdown = tidy_to_markdown(table, TABLES[name], TABLE_CAPTION, descriptions)
         write_text_atomically(folder / f"{name}.md", with_status(markdown, status))
         written += [folder / f"{name}.csv", folder / f"{name}.md"]
@@ -344,7 +339,7 @@ def write_tables(runs: Sequence[LongRun], statuses: Sequence[RunStatus], config:
         paper = read_paper_tables(PAPER_TABLES, config["paper"]["positive_weight_decay"])
         comparison = compare_with_paper(paper, {"table1": tidy["table1_alpha"], "table2": tidy["table2_traps"],
                                                 "table4": tidy["table4_mp_fit"]}, experiment)
-        write_csv_atomically(comparison.assign(status=status_column(comparison, statuses)),
+        write_csv_atomically(comparison.assign(status=status_column(comparison, groups)),
                              folder / "paper_comparison.csv")
         write_text_atomically(folder / "paper_comparison.md",
                               with_status(comparison_markdown(comparison, descriptions[experiment]), status))
@@ -411,12 +406,13 @@ def write_report(runs: Sequence[LongRun], config: dict, out: str | Path, command
     figures_dir.mkdir(parents=True, exist_ok=True)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures, checks = [], []
+    groups = run_groups(runs, statuses)
     with tempfile.TemporaryDirectory(prefix="long_run_report_") as work:
-        for group in run_groups(runs, statuses):
+        for group in groups:
             written, group_checks = draw_figures(group, config, figures_dir, Path(work))
             figures += written
             checks += group_checks
-    tables = write_tables(runs, statuses, config, tables_dir, status)
+    tables = write_tables(runs, statuses, groups, config, tables_dir, status)
     reference = Path(reference) if reference is not None else runs[0].reference_dir.parents[3]
     markdown = report_markdown(out, reference, status, statuses, figures, tables, checks, command,
                                time.perf_counter() - start)
