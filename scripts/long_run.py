@@ -15,7 +15,12 @@ run has finished, committing OUT's rows every --commit-every seconds with --comm
 copy each run's resume state into OUT (commit it once per working period: a few MB each).
 report: the paper's figures (Figs. 1, 3, 4/6, 5/7) and tables (1, 2, 4, and the comparison with the
 paper) from OUT's rows alone, into --report-dir with a REPORT.md; "provisional: wd 0 at step N of
-1e7" on every output while a run trains (antigrok.long_run_report).
+1e7" on every output while a run trains (antigrok.long_run_report). With --rescaled FOLDER CONFIG
+(repeatable) also the long runs beside the time-rescaled runs of FOLDER at equal lr x step:
+
+    python scripts/long_run.py report --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu \
+        --report-dir REPORT_DIR --rescaled docs/reference/cpu configs/cpu.yaml \
+        --rescaled docs/reference/detector_study configs/detector_study.yaml
 """
 
 from __future__ import annotations
@@ -99,6 +104,9 @@ def main(argv=None) -> int:
     parser.add_argument("--analyse-every", type=float, default=300.0, help="follow: seconds between analyses")
     parser.add_argument("--commit-every", type=float, default=3000.0, help="follow: seconds between commits")
     parser.add_argument("--report-dir", type=Path, help="report: the folder the figures, tables and REPORT.md go to")
+    parser.add_argument("--rescaled", nargs=2, action="append", default=[], metavar=("FOLDER", "CONFIG"),
+                        help="report: a reference folder of time-rescaled runs and the config that made them, to "
+                             "compare at equal lr x step (repeatable)")
     args = parser.parse_args(argv)
     if args.action == "report" and args.report_dir is None:
         parser.error("report needs --report-dir (the folder its figures, tables and REPORT.md go to)")
@@ -118,7 +126,9 @@ def main(argv=None) -> int:
     elif args.action == "report":
         command = "python scripts/long_run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         try:
-            print(write_report(runs, config, args.report_dir, command, reference=args.out))
+            rescaled = [(Path(folder), load_workflow_config([Path(path)])["experiments"])
+                        for folder, path in args.rescaled]
+            print(write_report(runs, config, args.report_dir, command, reference=args.out, rescaled=rescaled))
         except (FileNotFoundError, ValueError) as error:  # a missing or empty reference file: say which
             print(f"long_run.py report: {error}", file=sys.stderr)
             return 1

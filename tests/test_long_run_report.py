@@ -125,7 +125,8 @@ def test_a_finished_report_draws_every_figure_and_table_and_says_finished(folder
     finished = folders[2]
     out, status, titles = finished_report
     assert status == "finished: wd 0 (300 steps); wd 0.01 (300 steps)"
-    expected_figures = {f"{name}_small_wd{wd}.png" for name in FIGURES for wd in ("0.0", "0.01")}
+    expected_figures = {f"{name}_small_wd{wd}.png" for name in FIGURES for wd in ("0.0", "0.01")} | {
+        "trap_counts_small.png"}
     assert {path.name for path in (out / "figures").iterdir()} == expected_figures
     assert set(titles) == expected_figures
     for path in (out / "figures").iterdir():
@@ -156,7 +157,8 @@ def test_while_a_run_trains_every_output_says_provisional_and_where_it_was(folde
     assert 0 < analysed <= step < STEPS
     where = f"wd 0 at step {step} of {STEPS}" + (f", rows analysed to step {analysed}" if analysed < step else "")
     assert status == f"provisional: {where}; wd 0.01 finished (300 steps)"
-    assert len(titles) == 2 * len(FIGURES)
+    assert len(titles) == 2 * len(FIGURES) + 1
+    assert status in titles.pop("trap_counts_small.png")  # both runs in one figure: the whole status
     for name, title in titles.items():  # each figure says where its own runs were
         assert (f"provisional: {where}" in title) == name.endswith("_wd0.0.png"), name
         assert ("provisional" in title) == name.endswith("_wd0.0.png"), name
@@ -236,3 +238,30 @@ def test_steps_are_written_as_the_config_gives_them():
     assert long_run_report.format_steps(10_000_000) == "1e7"
     assert long_run_report.format_steps(300) == "300"
     assert long_run_report.format_steps(1) == "1"
+
+
+def test_beside_rescaled_runs_a_run_read_at_its_own_lr_x_step_matches_itself(folders, tmp_path, capsys):
+    # The finished runs as their own "rescaled" runs: at equal lr x step every value must be the same,
+    # so the table's pairing and step matching are checked on real report files.
+    config_file, provisional, finished = folders
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from long_run import main
+
+    out = tmp_path / "out"
+    assert main(["report", "--configfile", str(config_file), "--out", str(provisional), "--report-dir", str(out),
+                 "--rescaled", str(finished), str(config_file)]) == 0
+    assert (out / "figures" / "rescaled_small.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = pd.read_csv(out / "tables" / "same_time.csv")
+    assert set(zip(table["long_run"], table["rescaled_run"])) == {
+        ("small/wd0.0/seed3", "small/wd0.0/seed3"), ("small/wd0.01/seed3", "small/wd0.01/seed3")}
+    decay = table[table["weight_decay"] == 0.01].dropna(subset=["long_value"])
+    assert not decay.empty and (decay["long_value"] == decay["rescaled_value"]).all()
+    assert (decay["long_step"] == decay["rescaled_step"]).all()
+    # wd 0 stopped at CRASH_STEP in the provisional folder: the finished run's end is beyond its rows
+    end = table[(table["weight_decay"] == 0.0) & (table["anchor_of"] == "rescaled") & (table["anchor"] == "end")]
+    assert end["long_value"].isna().all() and end["long_step"].isna().all() and end["rescaled_step"].notna().all()
+    report_text = (out / "REPORT.md").read_text()
+    assert "## Beside the time-rescaled runs, at equal lr x step" in report_text
+    assert "provisional" in (out / "tables" / "same_time_summary.md").read_text()
+    assert set(pd.read_csv(out / "tables" / "same_time_summary.csv")["status"]) == {
+        report_text.split("**")[1]}

@@ -14,6 +14,9 @@ the phase edges. This module draws from them, with the workflow's own functions:
     tables/table1_alpha, table2_traps, table4_mp_fit (.csv, .md)   the paper's Tables 1, 2 and 4
     tables/paper_comparison (.csv, .md)        those tables cell by cell beside the paper's values
     tables/run_status.csv                      how far each run had trained when this was drawn
+    figures/trap_counts_{experiment}.png       raw and centred Correlation Traps per layer over the steps
+    figures/rescaled_{experiment}.png          with --rescaled: the long runs beside time-rescaled runs
+    tables/same_time.csv, same_time_summary    against lr x step (antigrok.rescaled_comparison)
     REPORT.md                                  the list of the above, with the status line and command
 
 An unfinished run is never passed off as finished: while any run trains, every figure title, every
@@ -48,6 +51,16 @@ from antigrok.htsr import analyze_weights, weight_matrices
 from antigrok.long_runs import EDGE_COLUMNS, LongRun
 from antigrok.mechanism.checkpoints import read_state_dict
 from antigrok.paper import compare_with_paper, comparison_markdown, read_paper_tables
+from antigrok.rescaled_comparison import (
+    RunRows,
+    plot_same_time,
+    plot_traps_over_time,
+    read_run_rows,
+    runs_of_folder,
+    same_time_summary,
+    same_time_table,
+    summary_markdown,
+)
 from antigrok.runs import read_run_files
 from antigrok.spectral import read_htsr, save_spectra
 from antigrok.summary import TABLE_CAPTION, table1_alpha, table2_traps, table4_mp_fit, tidy_to_markdown
@@ -78,6 +91,15 @@ FIGURE_DESCRIPTIONS = {
     "progress": "progress measures and the l2 weight norm (Figs. 5 and 7)",
     "traps": "W_rand ESDs with the MP fit and the Correlation Traps at the kept phase-edge checkpoints (Fig. 3)",
 }
+COMPARISON_DESCRIPTIONS = {
+    "trap_counts": "raw (WeightWatcher's) and centred Correlation Traps per layer over the steps; a layer with "
+                   "fewer than 100 eigenvalues pools 5 shuffled draws, as WeightWatcher does, so fc3's count "
+                   "(10 eigenvalues) can reach 50",
+    "rescaled": "the long runs (black) beside the time-rescaled runs (coloured by lr, one line per seed) against "
+                "lr x step: test accuracy, fc1 and fc2 alpha, centred traps",
+}
+# The quantities of the same-time summary table, by column name of antigrok.rescaled_comparison.run_series.
+SAME_TIME_QUANTITIES = ["test_acc", "alpha_fc1", "alpha_fc2", "traps", "traps_centered", "l2_norm"]
 # Recomputed spectra must give htsr.csv's largest W_rand eigenvalue to this relative tolerance.
 SPECTRA_RTOL = 1e-9
 
@@ -350,11 +372,67 @@ def write_tables(runs: Sequence[LongRun], statuses: Sequence[RunStatus], groups:
     return written + [folder / "run_status.csv"]
 
 
+# --------------------------------------------------------------------- beside the rescaled runs
+
+
+def long_run_rows(runs: Sequence[LongRun], config: dict) -> list[RunRows]:
+    experiments = config["experiments"]
+    return [read_run_rows(run.reference_dir, experiments[run.spec.experiment]["optimizer"]["lr"]) for run in runs]
+
+
+def write_comparisons(runs: Sequence[LongRun], config: dict, rescaled: Sequence[tuple[Path, dict]],
+                      figures_dir: Path, tables_dir: Path, status: str) -> tuple[list[Path], list[Path], str]:
+    """The trap-count figure of each experiment's long runs and, for the rescaled folders given as
+    (folder, its config's experiments), the same-time figure and tables; returns (figures, tables,
+    the summary's Markdown for REPORT.md)."""
+    long_rows = long_run_rows(runs, config)
+    rescaled_rows = [rows for folder, experiments in rescaled for rows in runs_of_folder(folder, experiments)]
+    figures = []
+    for experiment in dict.fromkeys(run.spec.experiment for run in runs):
+        rows = [row for row, run in zip(long_rows, runs) if run.spec.experiment == experiment]
+        what = describe_experiment(experiment, config["experiments"])
+        path = figures_dir / f"trap_counts_{experiment}.png"
+        save_figure(plot_traps_over_time(rows, f"{what}: Correlation Traps, raw and centred\n{status}"), [path])
+        figures.append(path)
+        if rescaled_rows:
+            path = figures_dir / f"rescaled_{experiment}.png"
+            save_figure(plot_same_time(rows, rescaled_rows, f"{what} beside the time-rescaled runs\n{status}"), [path])
+            figures.append(path)
+    if not rescaled_rows:
+        return figures, [], ""
+    table = same_time_table(long_rows, rescaled_rows)
+    summary = same_time_summary(table)
+    write_csv_atomically(table.assign(status=status), tables_dir / "same_time.csv")
+    write_csv_atomically(summary.assign(status=status), tables_dir / "same_time_summary.csv")
+    folders = ", ".join(f"`{folder}`" for folder, _ in rescaled)
+    markdown = "\n".join([
+        f"The rescaled runs of {folders} ({len(rescaled_rows)} runs) at their phase edges and their last analysed "
+        "step; the long run's value at the same lr x step (its analysed checkpoint nearest in log step; — where it "
+        "has not been analysed that far, and '(k reached)' where only k of the n matched steps are). "
+        "Cells: median [min, max] over the runs. Every row of both directions (also the long runs' edges in the "
+        "rescaled runs' time): tables/same_time.csv.",
+        "",
+        summary_markdown(summary, SAME_TIME_QUANTITIES),
+    ])
+    write_text_atomically(tables_dir / "same_time_summary.md",
+                          with_status("# The long runs beside the time-rescaled runs\n\n" + markdown, status))
+    return figures, [tables_dir / "same_time.csv", tables_dir / "same_time_summary.csv",
+                     tables_dir / "same_time_summary.md"], markdown
+
+
 # ------------------------------------------------------------------------------------- report
 
 
+def figure_description(path: Path) -> str:
+    """The description of a figure file, by the longest name its stem starts with."""
+    descriptions = FIGURE_DESCRIPTIONS | COMPARISON_DESCRIPTIONS
+    kind = max((name for name in descriptions if path.stem.startswith(name + "_")), key=len)
+    return descriptions[kind]
+
+
 def report_markdown(out: Path, reference: Path, status: str, statuses: Sequence[RunStatus], figures: list[Path],
-                    tables: list[Path], checks: list[str], command: str, seconds: float) -> str:
+                    tables: list[Path], checks: list[str], command: str, seconds: float,
+                    same_time: str = "") -> str:
     lines = [
         "# The long runs, from their reference folder",
         "",
@@ -378,8 +456,7 @@ def report_markdown(out: Path, reference: Path, status: str, statuses: Sequence[
                      f"{s.last_step} | {'finished' if s.finished else 'provisional (training)'} |")
     lines += ["", "## Figures", ""]
     for path in figures:
-        kind = path.stem.split("_")[0]
-        lines += [f"- [`{path.relative_to(out)}`]({path.relative_to(out)}): {FIGURE_DESCRIPTIONS[kind]}", "",
+        lines += [f"- [`{path.relative_to(out)}`]({path.relative_to(out)}): {figure_description(path)}", "",
                   f"  ![{path.stem}]({path.relative_to(out)})", ""]
     lines += ["## Tables", ""]
     for path in tables:
@@ -387,13 +464,16 @@ def report_markdown(out: Path, reference: Path, status: str, statuses: Sequence[
             lines.append(f"- [`{path.relative_to(out)}`]({path.relative_to(out)}) "
                          f"(and its `.csv`, tidy, with a `status` column)")
     lines += ["- `tables/run_status.csv`: the steps above, one row per run", ""]
+    if same_time:
+        lines += ["## Beside the time-rescaled runs, at equal lr x step", "", same_time, ""]
     lines += ["## Checks", "", *[f"- {check}" for check in checks], ""]
     return "\n".join(lines)
 
 
 def write_report(runs: Sequence[LongRun], config: dict, out: str | Path, command: str,
-                 reference: str | Path | None = None) -> str:
-    """Every figure and table of the long runs into ``out``, and OUT/REPORT.md; returns the status line."""
+                 reference: str | Path | None = None, rescaled: Sequence[tuple[Path, dict]] = ()) -> str:
+    """Every figure and table of the long runs into ``out``, and OUT/REPORT.md; returns the status line.
+    ``rescaled``: (folder, its config's experiments) of time-rescaled runs to lay beside them."""
     start = time.perf_counter()
     out = Path(out)
     runs = list(runs)
@@ -413,9 +493,13 @@ def write_report(runs: Sequence[LongRun], config: dict, out: str | Path, command
             figures += written
             checks += group_checks
     tables = write_tables(runs, statuses, groups, config, tables_dir, status)
+    comparison_figures, comparison_tables, same_time = write_comparisons(runs, config, rescaled, figures_dir,
+                                                                         tables_dir, status)
+    figures += comparison_figures
+    tables += comparison_tables
     reference = Path(reference) if reference is not None else runs[0].reference_dir.parents[3]
     markdown = report_markdown(out, reference, status, statuses, figures, tables, checks, command,
-                               time.perf_counter() - start)
+                               time.perf_counter() - start, same_time)
     write_text_atomically(out / "REPORT.md", markdown)
     log.info("wrote %d figures and %d table files into %s (%s)", len(figures), len(tables), out, status)
     return status
