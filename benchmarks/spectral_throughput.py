@@ -82,7 +82,7 @@ def main(argv=None) -> None:
 
     files = []
     for path in args.checkpoints or [DEFAULT_CHECKPOINTS]:
-        files.extend(htsr.checkpoint_files(path))
+        files.extend(htsr.checkpoints_to_analyze(path))
     if not files:
         raise SystemExit("no checkpoint files given")
     files = pick(sorted(files), args.num_checkpoints)

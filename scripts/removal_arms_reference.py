@@ -28,13 +28,8 @@ from mechanism_reference import provenance_table  # noqa: E402  (the reference s
 from antigrok.data import prepare_mnist  # noqa: E402
 from antigrok.files import write_csv_atomically, write_text_atomically  # noqa: E402
 from antigrok.mechanism.removal import RemovalSettings, removal_table  # noqa: E402
-from antigrok.mechanism.tables import (  # noqa: E402
-    RUN_KEYS,
-    read_runs,
-    removal_arms_by_run,
-    removal_arms_markdown,
-    removal_arms_summary,
-)
+from antigrok.mechanism.tables import removal_arms_by_run, removal_arms_markdown, removal_arms_summary  # noqa: E402
+from antigrok.runs import RUN_KEYS, read_run_files  # noqa: E402
 from antigrok.workflow_config import load_workflow_config  # noqa: E402
 
 
@@ -91,7 +86,7 @@ def main(argv=None) -> None:
             lines.append(f"- `{study.name}/{relative}` ({'collapses' if collapses else 'does not collapse'}): "
                          f"checkpoints at steps {', '.join(map(str, sorted(table['step'].unique())))}"
                          f"{'; trap_removal.csv reused from an earlier invocation' if reused else ''}")
-    by_run = removal_arms_by_run(read_runs(written), pd.DataFrame(outcomes)[RUN_KEYS + ["collapses"]])
+    by_run = removal_arms_by_run(read_run_files(written), pd.DataFrame(outcomes)[RUN_KEYS + ["collapses"]])
     summary = removal_arms_summary(by_run)
     tables = args.out / "tables"
     write_csv_atomically(by_run, tables / "removal_arms.csv")

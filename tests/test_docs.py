@@ -400,7 +400,8 @@ def test_phases_columns(tmp_path):
 
 def write_checkpoints(folder: Path, experiment_cfg: dict) -> list[Path]:
     from antigrok.models import build_model
-    from antigrok.train import RunSpec, checkpoint_path, save_checkpoint
+    from antigrok.runs import checkpoint_path
+    from antigrok.train import RunSpec, save_checkpoint
 
     folder.mkdir()
     spec = RunSpec("docs_check", experiment_cfg, weight_decay=0.0, seed=0)

@@ -45,7 +45,6 @@ from antigrok.train import (
     BatchOrder,
     RunSpec,
     check_model_fits_data,
-    checkpoint_path,
     learning_rate,
     make_optimizer,
     resolve_device,
@@ -54,6 +53,7 @@ from antigrok.train import (
     save_checkpoint,
 )
 from antigrok.resume import Resume
+from antigrok.runs import checkpoint_path
 from antigrok.workflow_config import batched_unsupported_reason
 
 log = logging.getLogger(__name__)

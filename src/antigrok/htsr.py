@@ -97,7 +97,7 @@ import pandas as pd
 from antigrok.fastspectra import analyze_layer_fast, centered_random_esd
 from antigrok.files import write_csv_atomically
 from antigrok.loading import read_checkpoint, to_float64
-from antigrok.runs import refuse_held_elsewhere
+from antigrok.runs import checkpoint_files, refuse_held_elsewhere
 from antigrok.spectral import (  # noqa: F401 (mp_edges, mp_cdf, load_spectra, read_htsr: re-exported)
     CENTERED_RAND_EVALS,
     layer_name,
@@ -331,13 +331,13 @@ def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xma
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_files(checkpoints: str | Path | Iterable) -> list[Path]:
-    """The ``*.pt`` files of a folder (sorted), or the given list of files."""
+def checkpoints_to_analyze(checkpoints: str | Path | Iterable) -> list[Path]:
+    """The ``step*.pt`` files of a checkpoint folder (by step), or the given list of files."""
     if isinstance(checkpoints, (str, Path)) and Path(checkpoints).is_dir():
         refuse_held_elsewhere(checkpoints)
-        files = sorted(Path(checkpoints).glob("*.pt"))
+        files = list(checkpoint_files(checkpoints, (".pt",)).values())
         if not files:
-            raise FileNotFoundError(f"{checkpoints}: no *.pt checkpoint files in this folder")
+            raise FileNotFoundError(f"{checkpoints}: no step*.pt checkpoint files in this folder")
         return files
     if isinstance(checkpoints, (str, Path)):
         return [Path(checkpoints)]
@@ -386,7 +386,7 @@ def analyze_checkpoints(checkpoints, run_seed: int | None = None, fix_fingers="c
     """
     from tqdm import tqdm
 
-    files = checkpoint_files(checkpoints)
+    files = checkpoints_to_analyze(checkpoints)
     all_rows, all_arrays = [], {}
 
     def collect(path, rows, arrays, seconds):

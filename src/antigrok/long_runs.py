@@ -38,8 +38,8 @@ from antigrok.htsr import analyze_checkpoint, htsr_table
 from antigrok.loading import read_checkpoint, safe_torch_load
 from antigrok.phases import PhaseThresholds, segment_phases
 from antigrok.progress import ProgressSettings, progress_for_checkpoints
-from antigrok.resume import RESUME_DIR, STATE_FILE, checkpoint_path
-from antigrok.runs import nearest_in_log_step, write_held_elsewhere
+from antigrok.resume import RESUME_DIR, STATE_FILE
+from antigrok.runs import CHECKPOINTS, checkpoint_files, checkpoint_path, nearest_checkpoint_step, write_held_elsewhere
 from antigrok.schedule import checkpoint_steps
 from antigrok.segments import progress_line, segments_table
 from antigrok.train import TRAIN_LOG_COLUMNS, RunSpec
@@ -162,9 +162,8 @@ class AnalysisSettings:
 def local_checkpoints(run: LongRun) -> dict[int, Path]:
     """The checkpoint files of the run on this machine (staged or finished), by step."""
     files = {}
-    for folder in (run.run_dir / RESUME_DIR / "checkpoints", run.run_dir / "checkpoints"):
-        for path in sorted(folder.glob("step*.pt")) if folder.is_dir() else []:
-            files[int(path.stem.removeprefix("step"))] = path
+    for folder in (run.run_dir / RESUME_DIR / CHECKPOINTS, run.run_dir / CHECKPOINTS):
+        files.update(checkpoint_files(folder, (".pt",)))
     return files
 
 
@@ -241,7 +240,7 @@ def edge_steps(train_log: pd.DataFrame, analysed: list[int], thresholds: PhaseTh
     chosen = {}
     for edge, column in EDGE_COLUMNS.items():
         if not pd.isna(first[column]):
-            chosen[edge] = (int(first[column]), nearest_in_log_step(analysed, int(first[column])))
+            chosen[edge] = (int(first[column]), nearest_checkpoint_step(analysed, int(first[column])))
     if finished:
         chosen["end"] = (int(train_log["step"].max()), max(analysed))
     return chosen
@@ -254,11 +253,11 @@ def keep_edge_checkpoints(run: LongRun, train_log: pd.DataFrame, local: dict[int
     analysed = sorted(analysed_steps(run))
     if not analysed:
         return
-    folder = run.reference_dir / "checkpoints"
+    folder = run.reference_dir / CHECKPOINTS
     chosen = edge_steps(train_log, analysed, thresholds, run.finished)
     index = []
     for edge, (edge_step, step) in chosen.items():
-        file = folder / f"step{step:09d}.safetensors"
+        file = checkpoint_path(folder, step, ".safetensors")
         if not file.exists():
             if step not in local:
                 log.warning("%s: the %s checkpoint (step %d) is on another machine and was not kept there; "
@@ -267,7 +266,7 @@ def keep_edge_checkpoints(run: LongRun, train_log: pd.DataFrame, local: dict[int
             write_safetensors(read_checkpoint(local[step])["model"], file)
         index.append({"edge": edge, "edge_step": edge_step, "checkpoint_step": step, "file": file.name})
     wanted = {row["file"] for row in index}
-    for stale in folder.glob("step*.safetensors") if folder.is_dir() else []:
+    for stale in checkpoint_files(folder, (".safetensors",)).values():
         if stale.name not in wanted:
             stale.unlink()
     if index:
@@ -321,7 +320,7 @@ def restore(run: LongRun) -> str:
         return f"{run.name}: the work tree's state (step {local['step']}) is as new as the committed one ({step}); kept"
     resume_dir = run.run_dir / RESUME_DIR
     shutil.rmtree(resume_dir, ignore_errors=True)
-    staged = resume_dir / "checkpoints"
+    staged = resume_dir / CHECKPOINTS
     staged.mkdir(parents=True)
     held = [checkpoint_path(Path(), s).name for s in checkpoint_steps(run.last_step, run.spec.checkpoint_per_decade)
             if s < step]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
 from antigrok.models import build_model, relu_modules
-from antigrok.runs import refuse_held_elsewhere
+from antigrok.runs import checkpoint_files, refuse_held_elsewhere
 from antigrok.spectral import layer_name
 from antigrok.loading import read_checkpoint
 from antigrok.loading import read_checkpoint as load_checkpoint  # noqa: F401 (its name here before)
@@ -300,7 +300,7 @@ def write_progress_csv(checkpoint_dir: str | Path, dataset_path: str | Path, out
     from antigrok.data import load_dataset
 
     refuse_held_elsewhere(checkpoint_dir)
-    paths = sorted(Path(checkpoint_dir).glob("step*.pt"))
+    paths = list(checkpoint_files(checkpoint_dir, (".pt",)).values())
     if not paths:
         raise FileNotFoundError(f"no step*.pt checkpoints in {checkpoint_dir}; rerun the train rule")
     table = progress_for_checkpoints(paths, load_dataset(dataset_path), settings)

@@ -41,19 +41,13 @@ import torch
 
 from antigrok.files import write_atomically, write_csv_atomically, write_text_atomically
 from antigrok.loading import safe_torch_load
-from antigrok.runs import held_elsewhere
+from antigrok.runs import CHECKPOINTS, TRAIN_LOG, checkpoint_files, checkpoint_path, held_elsewhere
 
 log = logging.getLogger(__name__)
 
 RESUME_DIR = ".resume"
 STATE_FILE = "state.pt"
 FINISHED_MARK = "finished.json"
-TRAIN_LOG = "train_log.csv"
-CHECKPOINTS = "checkpoints"
-
-
-def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
-    return Path(checkpoint_dir) / f"step{step:09d}.pt"
 
 
 def _crash_point(name: str) -> None:
@@ -90,7 +84,7 @@ class RunFiles:
     def missing_staged(self, before_step: int) -> list[str]:
         """The staged checkpoints a state at ``before_step`` claims that are neither on disk nor held
         elsewhere."""
-        present = {p.name for p in self.staged.glob("step*.pt")} if self.staged.is_dir() else set()
+        present = {path.name for path in checkpoint_files(self.staged, (".pt",)).values()}
         present |= set(held_elsewhere(self.staged).get("checkpoints", []))
         return [checkpoint_path(Path(), step).name for step in self.checkpoint_steps
                 if step < before_step and checkpoint_path(Path(), step).name not in present]
@@ -143,7 +137,7 @@ class RunFiles:
         return pd.read_csv(self.train_log)
 
     def _final_files_complete(self) -> bool:
-        present = {p.name for p in self.checkpoints.glob("step*.pt")} if self.checkpoints.is_dir() else set()
+        present = {path.name for path in checkpoint_files(self.checkpoints, (".pt",)).values()}
         if self.checkpoints.is_dir():
             present |= set(held_elsewhere(self.checkpoints).get("checkpoints", []))
         return self.train_log.exists() and set(self.checkpoint_names()) <= present

@@ -55,7 +55,7 @@ from antigrok.detector import (  # noqa: F401
 )
 from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.phases import PHASES, edges_from_phases, smoothed_test_acc_at
-from antigrok.runs import _RUN_PATH, RUN_KEYS, RUN_PATH, parse_run_dir, read_run_files  # noqa: F401 (re-exported)
+from antigrok.runs import RUN_KEYS, RUN_PATH, parse_run_dir, read_run_files  # noqa: F401 (re-exported)
 from antigrok.table_format import (  # noqa: F401 (re-exported)
     TABLE_STYLE,
     format_cell,

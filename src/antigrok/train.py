@@ -39,7 +39,7 @@ from antigrok.fast_mlp_step import FastMLPStep, unsupported_reason
 from antigrok.files import write_atomically
 from antigrok.loading import read_checkpoint
 from antigrok.models import DTYPES, build_model
-from antigrok.resume import Resume, RunFiles, checkpoint_path  # noqa: F401 (checkpoint_path: re-exported)
+from antigrok.resume import Resume, RunFiles
 from antigrok.segments import advance_segment, progress_line, segments_table, start_segment
 from antigrok.schedule import checkpoint_steps, log_spaced_steps, log_steps  # noqa: F401 (re-exported)
 

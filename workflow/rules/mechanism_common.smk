@@ -15,7 +15,7 @@ def mechanism_experiments():
 def mechanism_files(filename):
     """``filename`` of every run of the mechanism's experiments."""
     return [
-        f"{RESULTS}/runs/{name}/wd{weight_decay}/seed{seed}/{filename}"
+        f"{RUN_DIR.format(experiment=name, weight_decay=weight_decay, seed=seed)}/{filename}"
         for name, weight_decay, seed in runs()
         if name in mechanism_experiments()
     ]
