@@ -36,18 +36,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from antigrok.data import prepare_dataset
 from antigrok.models import build_model
 from antigrok.train import learning_rate, make_optimizer, make_step
+from antigrok.workflow_config import load_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_experiment(configfile: Path, name: str) -> dict:
-    experiments = yaml.safe_load(configfile.read_text())["experiments"]
+    experiments = load_workflow_config([configfile])["experiments"]
     if name not in experiments:
         raise SystemExit(f"{configfile} has no experiment {name!r}; it has {', '.join(experiments)}")
     return experiments[name]

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.profiler import ProfilerActivity, record_function
 
@@ -44,6 +43,7 @@ from antigrok.batched import BatchedTrainer
 from antigrok.fast_mlp_step import FastMLPStep
 from antigrok.models import build_model
 from antigrok.train import BatchOrder, RunSpec, make_optimizer
+from antigrok.workflow_config import load_workflow_config
 
 WIDTHS = [784, 200, 200, 10]
 NUM_TRAIN, BATCH, LR, WEIGHT_DECAY, INIT_SCALE = 1000, 200, 5e-4, 0.01, 8.0
@@ -244,7 +244,7 @@ def print_table(device, rows: list[dict], steps: int) -> None:
 
 def run_lengths(config_path: Path) -> list[int]:
     """The training steps of each run of a config (experiments x weight decays x seeds)."""
-    config = yaml.safe_load(config_path.read_text())
+    config = load_workflow_config([config_path])
     return [experiment["steps"] for experiment in config["experiments"].values()
             for _ in experiment["weight_decays"] for _ in experiment["seeds"]]
 

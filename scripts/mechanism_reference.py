@@ -66,9 +66,7 @@ def analyse_run(run: Path, out_run: Path, dataset: dict, settings: dict) -> dict
     write_csv_atomically(phases, out_run / "phases.csv")
     shutil.copyfile(run / "train_log.csv", out_run / "train_log.csv")  # unedited: the phases' source
     checkpoints = run / "checkpoints"
-    removal = RemovalSettings(edges=tuple(mechanism["removal_edges"]), probe_inputs=mechanism["probe_inputs"],
-                              probe_std=mechanism["probe_std"], draws=mechanism["removal_draws"],
-                              seed=mechanism["removal_seed"], tracy_widom_scale=scale)
+    removal = RemovalSettings.from_config(mechanism, scale)
     tables = {
         "prototypes": prototype_table(checkpoints, phases, dataset, mechanism["edges"],
                                       mechanism["prototype_components"], mechanism["prototype_rows"]),

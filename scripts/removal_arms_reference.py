@@ -61,10 +61,8 @@ def main(argv=None) -> None:
     started = time.time()
     settings = load_workflow_config([args.config])
     mechanism, data = settings["mechanism"], settings["data"]
-    removal = RemovalSettings(edges=tuple(mechanism["removal_edges"]), probe_inputs=mechanism["probe_inputs"],
-                              probe_std=mechanism["probe_std"], draws=args.draws or mechanism["removal_draws"],
-                              seed=mechanism["removal_seed"], tracy_widom_scale=settings["traps"]["tracy_widom_scale"],
-                              all_layers=not args.layers_only)
+    removal = RemovalSettings.from_config(mechanism, settings["traps"]["tracy_widom_scale"],
+                                          draws=args.draws or mechanism["removal_draws"], all_layers=not args.layers_only)
     dataset = prepare_mnist(args.data_root or data["root"], data["train_size"], data["subset_seed"], download=False)
     written, outcomes, lines = [], [], []
     for study in args.studies:

@@ -13,6 +13,7 @@ import pandas as pd
 from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.phases import edges_from_phases
 from antigrok.runs import RUN_KEYS, read_run_files
+from antigrok.schema import section_defaults
 from antigrok.table_format import frame_to_markdown
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,7 @@ OUTCOMES = {
     "quiet": "never fired in a run that never collapses (correct)",
 }
 FALSE_ALARM_OUTCOMES = ("before_peak", "false_alarm")
-DEFAULT_DETECTOR = {
-    "arm_at_fit": True,
-    "min_consecutive": 1,
-    "trap_min": 1,
-    "control_measures": ["l2_norm", "activation_sparsity", "abs_weight_entropy", "circuit_complexity"],
-    "control_window": 8,
-    "control_robust_z": 3.0,
-    "control_scale_floor": 1.0e-3,
-}
+DEFAULT_DETECTOR = section_defaults("detector")  # the detector section of the config, as the schema fills it
 SPECTRAL_ALARMS = ("alpha_below_critical", "correlation_trap", "alpha_and_trap")
 # 1.4826 * MAD estimates the standard deviation of normally distributed values.
 MAD_TO_SD = 1.4826

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from antigrok.files import write_csv_atomically
+from antigrok.schema import section_defaults
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,19 @@ PHASES_COLUMNS = [
 ]
 # Accuracies are ratios of counts; compare thresholds with a tolerance so 0.9 - 0.8 counts as 0.1.
 _TOLERANCE = 1e-9
+_DEFAULTS = section_defaults("phases")
 
 
 @dataclass(frozen=True)
 class PhaseThresholds:
-    """The ``phases.*`` config keys (accuracies as fractions in [0, 1])."""
+    """The ``phases.*`` config keys (accuracies as fractions in [0, 1]); defaults from the schema."""
 
-    train_fit: float = 0.99
-    collapse_drop: float = 0.10
-    smoothing_window: int = 5
-    grok_rise: float = 0.10
-    grok_onset: float = 0.10
-    collapse_onset: float = 0.10
+    train_fit: float = _DEFAULTS["train_fit"]
+    collapse_drop: float = _DEFAULTS["collapse_drop"]
+    smoothing_window: int = _DEFAULTS["smoothing_window"]
+    grok_rise: float = _DEFAULTS["grok_rise"]
+    grok_onset: float = _DEFAULTS["grok_onset"]
+    collapse_onset: float = _DEFAULTS["collapse_onset"]
 
     def __post_init__(self):
         if not 0 < self.train_fit <= 1:

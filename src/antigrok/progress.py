@@ -30,28 +30,29 @@ from tqdm import tqdm
 from antigrok.files import write_csv_atomically
 from antigrok.models import build_model, relu_modules
 from antigrok.runs import checkpoint_files, refuse_held_elsewhere
+from antigrok.schema import section_defaults
 from antigrok.spectral import layer_name
 from antigrok.loading import read_checkpoint
-from antigrok.loading import read_checkpoint as load_checkpoint  # noqa: F401 (its name here before)
 
 log = logging.getLogger(__name__)
 
 PRUNE_MODES = ("random", "magnitude")
+_DEFAULTS = section_defaults("progress")
 # Examples per forward pass: bounds memory for large train sets, same result as one pass.
 DEFAULT_CHUNK = 4096
 
 
 @dataclass(frozen=True)
 class ProgressSettings:
-    """The ``progress:`` section of the config (defaults as in config.yaml)."""
+    """The ``progress:`` section of the config (defaults from the schema)."""
 
-    sparsity_threshold: float = 1.0  # tau of Eq. 8
-    prune_fraction: float = 0.1  # Eq. 10: fraction of the weight-matrix entries zeroed
-    prune_mode: str = "random"  # random | magnitude
-    prune_seed: int = 0  # seed of the random pruning mask
-    l2_include_biases: bool = False  # Eq. 7 over weight matrices only, or over every parameter
-    entropy_eps: float = 1e-8  # Eq. 9 as |w| log(|w| + eps)
-    sparsity_module: str | None = None  # ReLU module of the headline sparsity; None = the first
+    sparsity_threshold: float = _DEFAULTS["sparsity_threshold"]  # tau of Eq. 8
+    prune_fraction: float = _DEFAULTS["prune_fraction"]  # Eq. 10: fraction of the weight-matrix entries zeroed
+    prune_mode: str = _DEFAULTS["prune_mode"]  # random | magnitude
+    prune_seed: int = _DEFAULTS["prune_seed"]  # seed of the random pruning mask
+    l2_include_biases: bool = _DEFAULTS["l2_include_biases"]  # Eq. 7 over weight matrices only, or every parameter
+    entropy_eps: float = _DEFAULTS["entropy_eps"]  # Eq. 9 as |w| log(|w| + eps)
+    sparsity_module: str | None = _DEFAULTS["sparsity_module"]  # ReLU module of the headline sparsity; None = the first
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> "ProgressSettings":

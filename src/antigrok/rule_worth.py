@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import pandas as pd
-import yaml
 
+from antigrok.schema import REPO, read_yaml
 from antigrok.warning_rules import WarningRule, rules_from_config, summarize_rule
 
-REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "docs" / "reference"
 STUDY_PATTERN = "detector_study*"
 FROZEN_RULES = REPO / "configs" / "detector_study.yaml"
@@ -74,7 +73,7 @@ def _rate(k: int, n: int, interval: tuple[float, float]) -> str:
 def _frozen_rules() -> tuple[WarningRule, ...]:
     if not FROZEN_RULES.exists():
         return ()
-    config = yaml.safe_load(FROZEN_RULES.read_text(encoding="utf-8")) or {}
+    config = read_yaml(FROZEN_RULES)
     return tuple(rules_from_config(config.get("warning_rules", {}).get("rules", [])))
 
 

@@ -40,6 +40,7 @@ from antigrok.files import write_atomically
 from antigrok.loading import read_checkpoint
 from antigrok.models import DTYPES, build_model
 from antigrok.resume import Resume, RunFiles
+from antigrok.schema import section_defaults
 from antigrok.segments import advance_segment, progress_line, segments_table, start_segment
 from antigrok.schedule import checkpoint_steps, log_spaced_steps, log_steps  # noqa: F401 (re-exported)
 
@@ -76,8 +77,8 @@ class RunSpec:
     experiment_cfg: dict
     weight_decay: float
     seed: int
-    checkpoint_per_decade: int = 20
-    log_per_decade: int = 60
+    checkpoint_per_decade: int = section_defaults("checkpoints")["per_decade"]
+    log_per_decade: int = section_defaults("log")["per_decade"]
 
     @property
     def name(self) -> str:

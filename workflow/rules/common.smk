@@ -87,17 +87,7 @@ def all_targets():
 
 def experiment_description(name):
     """One line that says which lr and steps made an experiment's results (tables, figures, README)."""
-    experiment = config["experiments"][name]
-    model = experiment["model"]
-    shape = (
-        "-".join(map(str, model["widths"]))
-        if model["name"] == "mlp"
-        else f"d_model {model['d_model']}"
-    )
-    return (
-        f"{name}: {model['name']} {shape}, {experiment['optimizer']['name']} lr {experiment['optimizer']['lr']:g}, "
-        f"{experiment['steps']} steps, batch {experiment['batch_size']}, {experiment.get('dtype', 'float64')}"
-    )
+    return describe_experiment(name, config["experiments"])
 
 
 def timescale_files(filename):

@@ -1,5 +1,8 @@
 # Helpers of workflow/rules/mechanism.smk, kept apart from its rules as snakemake --lint asks.
 MECHANISM = config["mechanism"]
+# The keys of the mechanism section that the trap-removal test reads (RemovalSettings.from_config):
+# only a change to these reruns it.
+REMOVAL_KEYS = ("removal_edges", "probe_inputs", "probe_std", "removal_draws", "removal_seed")
 
 
 def mechanism_experiments():
