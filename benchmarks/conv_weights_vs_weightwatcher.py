@@ -23,7 +23,7 @@ import numpy as np
 from antigrok.analyze import analyze_path
 from antigrok.loading import read_checkpoint
 from antigrok.spectral import layer_seed
-from antigrok.weightwatcher_engine import _weightwatcher
+from antigrok.weightwatcher_engine import import_weightwatcher
 
 
 def weightwatcher_row(ww, name: str, tensor, seed: int):
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="state_dict files (.pt)")
     args = parser.parse_args()
-    ww = _weightwatcher()
+    ww = import_weightwatcher()
     for path in args.paths:
         start = time.perf_counter()
         table, skipped = analyze_path(path)

@@ -47,7 +47,7 @@ from antigrok.data import prepare_dataset
 from antigrok.htsr import analyze_checkpoints
 from antigrok.monitor import SpectralMonitor
 from antigrok.phases import PhaseThresholds, edges_from_phases, segment_phases
-from antigrok.summary import SPECTRAL_ALARMS, accuracy_at, accuracy_curve, evaluate_run_alarms
+from antigrok.detector import SPECTRAL_ALARMS, accuracy_at, accuracy_curve, evaluate_run_alarms
 from antigrok.traps import compute_traps
 from antigrok.workflow_config import load_workflow_config
 

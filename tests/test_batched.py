@@ -16,14 +16,8 @@ from antigrok import batched
 from antigrok.batched import BatchedTrainer, mlp_gradients, train_runs
 from antigrok.data import load_dataset
 from antigrok.models import build_model
-from antigrok.train import (
-    BatchOrder,
-    NonFiniteLossError,
-    RunSpec,
-    checkpoint_steps,
-    load_checkpoint,
-    train_run,
-)
+from antigrok.train import BatchOrder, NonFiniteLossError, RunSpec, load_checkpoint, train_run
+from antigrok.schedule import checkpoint_steps
 from conftest import REPO, SHARED_DATA, copy_workflow, requires_mnist
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

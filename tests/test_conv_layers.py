@@ -15,6 +15,7 @@ from torch import nn
 
 from antigrok import cli, htsr, kernels
 from antigrok.spectral import layer_seed
+from antigrok.weightwatcher_engine import import_weightwatcher
 from test_fastspectra import assert_rel
 
 REL = 1e-12
@@ -45,7 +46,7 @@ def heavy_kernel(shape, seed=0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ww():
-    return htsr._weightwatcher()
+    return import_weightwatcher()
 
 
 # --------------------------------------------------------------------------- the slices

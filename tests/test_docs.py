@@ -430,7 +430,8 @@ def test_progress_columns_of_both_models(tmp_path):
 
 
 def test_table_columns():
-    from antigrok.summary import DETECTOR_COLUMNS, DETECTOR_SUMMARY_COLUMNS, TIDY_COLUMNS
+    from antigrok.detector import DETECTOR_COLUMNS, DETECTOR_SUMMARY_COLUMNS
+    from antigrok.summary import TIDY_COLUMNS
 
     for table in ("table1_alpha.csv", "table2_traps.csv", "table4_mp_fit.csv"):
         assert_documented_exactly(table, TIDY_COLUMNS)
@@ -439,7 +440,7 @@ def test_table_columns():
 
 
 def test_phase_edges_columns(tmp_path):
-    from antigrok.figures import phase_edges
+    from antigrok.summary import phase_edges
     from antigrok.phases import PhaseThresholds, segment_phases
 
     path = tmp_path / "docs_check" / "wd0.0" / "seed0" / "phases.csv"

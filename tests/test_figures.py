@@ -203,7 +203,7 @@ def test_detector_figure_without_any_collapse(tmp_path):
 
 
 def test_alarm_outcomes_are_the_summarys():
-    outcomes = synthetic_detectors().apply(figures.alarm_outcome, axis=1).tolist()
+    outcomes = synthetic_detectors().apply(figures.outcome_group, axis=1).tolist()
     # seed 0 collapses at 1000 after the peak at 200; seed 1 never collapses.
     assert outcomes[:2] == ["warned", "false_alarm"]  # alpha fires at 500 / in a run that holds
     assert outcomes[2:4] == ["missed", "false_alarm"]  # any_trap silent before the collapse
@@ -214,7 +214,7 @@ def test_alarm_outcomes_are_the_summarys():
 def test_a_detectors_row_without_the_summarys_outcome_is_refused():
     row = synthetic_detectors().iloc[0].drop("outcome")
     with pytest.raises(figures.FigureDataError, match="outcome None.*rerun the detectors rule"):
-        figures.alarm_outcome(row)
+        figures.outcome_group(row)
 
 
 def test_phase_intervals_join_runs_of_one_label():
@@ -226,7 +226,7 @@ def test_phase_intervals_join_runs_of_one_label():
 
 def test_average_alpha_is_missing_where_a_layer_fit_failed():
     htsr = synthetic_htsr()
-    average = figures.average_alpha(htsr, ["fc1", "fc2"]).set_index(["seed", "step"])["alpha"]
+    average = figures.seed_average_alpha(htsr, ["fc1", "fc2"]).set_index(["seed", "step"])["alpha"]
     assert np.isnan(average.loc[(0, 5)])  # fc1 failed there: no average over fewer layers
     stats = figures.seed_statistics(average.reset_index(), "alpha")
     assert stats.loc[5, "count"] == 1 and stats.loc[5, "mean"] == pytest.approx(average.loc[(1, 5)])

@@ -9,8 +9,7 @@ import pytest
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "scripts"))
-import import_graph  # noqa: E402 (scripts/ is no package)
+import import_graph
 
 MODULES = sorted(import_graph.modules())
 OPTIONAL = {"monitor.lightning": "lightning", "monitor.transformers": "transformers"}  # extras

@@ -14,7 +14,7 @@ import yaml
 
 from antigrok import llm
 from antigrok.analyze import analyze_path
-from antigrok.gpt_oss_synthetic import write_gpt_oss_folder
+from gpt_oss_synthetic import write_gpt_oss_folder
 from conftest import REPO, dry_run_jobs
 
 LAYERS, EXPERTS = 3, 2

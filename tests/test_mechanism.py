@@ -364,7 +364,6 @@ def test_safetensors_and_torch_checkpoints_read_the_same(tmp_path):
 def test_the_columns_are_documented():
     from test_docs import assert_documented_exactly
 
-    from antigrok.mechanism.tables import RUN_KEYS  # noqa: F401 (the tables' columns are checked by test_workflow)
 
     assert_documented_exactly("largest_weight.csv", LARGEST_WEIGHT_COLUMNS)
     assert_documented_exactly("prototypes.csv", PROTOTYPE_COLUMNS)

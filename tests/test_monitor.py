@@ -12,7 +12,7 @@ import torch
 
 from antigrok.htsr import HTSR_COLUMNS, analyze_state_dict
 from antigrok.monitor import MONITOR_COLUMNS, AlarmWatch, SpectralAlarmWarning, SpectralMonitor
-from antigrok.summary import alarm_conditions, firing_steps
+from antigrok.detector import alarm_conditions, firing_steps
 
 # ----------------------------------------------------------------------------- hand-made histories
 

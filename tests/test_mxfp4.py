@@ -10,7 +10,7 @@ import torch
 
 from antigrok import cli, loading, mxfp4
 from antigrok.analyze import analyze_path
-from antigrok.gpt_oss_synthetic import write_gpt_oss_folder
+from gpt_oss_synthetic import write_gpt_oss_folder
 
 LAYERS, EXPERTS, HIDDEN, INTERMEDIATE = 2, 3, 64, 96
 

@@ -18,7 +18,8 @@ import torch
 
 from antigrok import resume
 from antigrok.batched import train_runs
-from antigrok.train import BatchOrder, checkpoint_steps, load_checkpoint, train_run
+from antigrok.train import BatchOrder, load_checkpoint, train_run
+from antigrok.schedule import checkpoint_steps
 from test_batched import SMALL_EXPERIMENT, small_dataset, specs_for
 from test_train import tiny_dataset, tiny_spec
 

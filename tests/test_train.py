@@ -12,15 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from antigrok.models import build_model
-from antigrok.train import (
-    BatchOrder,
-    NonFiniteLossError,
-    RunSpec,
-    checkpoint_steps,
-    load_checkpoint,
-    log_steps,
-    train_run,
-)
+from antigrok.train import BatchOrder, NonFiniteLossError, RunSpec, load_checkpoint, train_run
+from antigrok.schedule import checkpoint_steps, log_steps
 
 TINY_EXPERIMENT = {
     "dataset": {"name": "mnist"},

@@ -26,7 +26,7 @@ import pandas as pd
 
 from antigrok import htsr
 from antigrok.loading import ModelSource, TensorRef
-from antigrok.spectral import layer_name  # noqa: F401 (re-exported)
+from antigrok.spectral import layer_name
 
 ALPHA_CRITICAL = 2.0  # htsr.alpha_critical: alpha below it is over-correlated (the paper's threshold)
 SKIPPED_COLUMNS = ["path", "tensor", "shape", "dtype", "reason"]

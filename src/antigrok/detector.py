@@ -14,6 +14,7 @@ from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.phases import edges_from_phases
 from antigrok.runs import RUN_KEYS, read_run_files
 from antigrok.schema import section_defaults
+from antigrok.spectral import mean_alpha
 from antigrok.table_format import frame_to_markdown
 
 log = logging.getLogger(__name__)
@@ -115,26 +116,6 @@ def first_alarm_step(condition: pd.Series, armed_from: int | None, min_consecuti
     """The first firing step of :func:`firing_steps`; None when the alarm never fires."""
     steps = firing_steps(condition, armed_from, min_consecutive)
     return steps[0] if steps else None
-
-
-def mean_alpha(htsr: pd.DataFrame, layers: list[str], name: str = "average_layers") -> pd.Series:
-    """Per step (the index) the mean alpha of ``layers``; NaN whenever any of them has no finite
-    alpha at that step, so the average is always over the same layers.
-
-    ``htsr``: one run's rows (step, layer, alpha), e.g. htsr.csv or a monitor's history; ``name``
-    names the layer list in errors.
-    """
-    layers = list(layers)
-    unknown = set(layers) - set(htsr["layer"])
-    if unknown and not htsr.empty:
-        raise ValueError(
-            f"{name} names layers {sorted(unknown)} that the spectra do not have (they have {sorted(htsr['layer'].unique())})"
-        )
-    selected = htsr[htsr["layer"].isin(layers)].set_index(["step", "layer"])["alpha"]
-    if not selected.index.is_unique:
-        raise ValueError("htsr rows have more than one alpha for some (step, layer): pass one run at a time")
-    wide = selected.unstack("layer").reindex(columns=layers)
-    return wide.mean(axis=1, skipna=False).rename("alpha").sort_index()
 
 
 def spectral_conditions(

@@ -116,7 +116,7 @@ def is_big_layer(shape: Sequence[int]) -> bool:
     return small * small * large >= BIG_LAYER_WORK
 
 
-def _symmetric_eigenvalues(gram: np.ndarray, big: bool) -> np.ndarray:
+def symmetric_eigenvalues(gram: np.ndarray, big: bool) -> np.ndarray:
     """Ascending eigenvalues of each symmetric matrix of a stack (its lower triangle, as LAPACK)."""
     if not big:
         return np.linalg.eigvalsh(gram)
@@ -151,7 +151,7 @@ def esd_batch(weights: np.ndarray, shuffled: bool = False) -> np.ndarray:
     transposed = np.swapaxes(weights, -1, -2)
     gram = weights @ transposed if weights.shape[-2] <= weights.shape[-1] else transposed @ weights
     big = is_big_layer(weights.shape)
-    evals = _symmetric_eigenvalues(gram, big)
+    evals = symmetric_eigenvalues(gram, big)
     del gram
     lambda_max = evals[..., -1:]
     near_cut = np.any(np.abs(evals - EVALS_THRESH) < GRAM_ABS_ERROR * lambda_max, axis=-1)
@@ -508,7 +508,7 @@ def linear_kernel_density(samples: np.ndarray, points: np.ndarray, bandwidth: fl
     return np.bincount(index.ravel(), weights=kernel.ravel(), minlength=len(points)) / (len(samples) * bandwidth)
 
 
-class _MPResidual:
+class MPResidual:
     """``RMT_Util.resid_mp(sigma, to_fit, Q, bw, allresid=False)`` with the density computed once.
 
     ``grid`` evaluates a whole array of sigmas as one array operation (brute's grid); ``scalar`` one
@@ -678,7 +678,7 @@ def marchenko_pastur_fit(rand_evals: np.ndarray, N: int, M: int) -> dict:
     grid = np.mgrid[slice(start, stop, step)]
     to_fit = np.sqrt(to_plot) if Q == 1 else to_plot
     with np.errstate(all="ignore"):
-        residual = _MPResidual(to_fit, Q)
+        residual = MPResidual(to_fit, Q)
         on_grid = residual.grid(grid)
         s1 = np.float64(nelder_mead_1d(residual.scalar, grid[np.argmin(on_grid)]))
 

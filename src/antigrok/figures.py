@@ -30,23 +30,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from antigrok.files import write_atomically
-from antigrok.files import write_text_atomically  # noqa: F401 (importable from here before)
-from antigrok.phases import edges_from_phases  # noqa: F401 (importable from here before)
 from antigrok import runs
 from antigrok.spectral import mp_edges, mp_sigma_of_edge, spectrum_key
-from antigrok.summary import FALSE_ALARM_OUTCOMES, frame_to_markdown, mean_alpha  # noqa: F401 (frame_to_markdown, mean_alpha: re-exported)
-from antigrok.summary import OUTCOMES as DETECTOR_OUTCOMES
-from antigrok.summary import average_alpha as average_alpha_of_runs
-# The table writers live with the tables (antigrok.summary); re-exported where they lived before.
-from antigrok.summary import (  # noqa: F401
-    PHASE_EDGE_COLUMNS,
-    RUN_PATH,
-    TABLE_STYLE,
-    frame_to_html,
-    phase_edges,
-    write_phase_edges,
-    write_table_html,
-)
+from antigrok.detector import FALSE_ALARM_OUTCOMES
+from antigrok.detector import OUTCOMES as DETECTOR_OUTCOMES
+from antigrok.summary import average_alpha_rows
 
 log = logging.getLogger(__name__)
 
@@ -238,13 +226,13 @@ def plot_accuracy(train_log: pd.DataFrame, phases: pd.DataFrame | None, title: s
 # Fig. 4 / Fig. 6: HTSR alpha
 
 
-def average_alpha(htsr: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
+def seed_average_alpha(htsr: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
     """Per (seed, step): the mean alpha over ``layers``, as Table 1 and the alarms average it
-    (antigrok.summary.mean_alpha: NaN where any listed layer's fit failed or is missing, so an
+    (antigrok.spectral.mean_alpha: NaN where any listed layer's fit failed or is missing, so an
     average is always over the same layers; the seed statistics then skip it)."""
-    # antigrok.summary.average_alpha over the seeds of the one experiment and weight decay a figure shows
+    # the seeds of the one experiment and weight decay that a figure shows, as runs of average_alpha_rows
     one_experiment = htsr.sort_values("seed", kind="stable").assign(experiment="", weight_decay=0.0)
-    return average_alpha_of_runs(one_experiment, {"": list(layers)})[["seed", "step", "alpha"]]
+    return average_alpha_rows(one_experiment, {"": list(layers)})[["seed", "step", "alpha"]]
 
 
 def plot_alpha(
@@ -265,7 +253,7 @@ def plot_alpha(
             f"none of the layers {list(layers)} (htsr.average_layers) is in htsr.csv, "
             f"which has {sorted(htsr['layer'].unique())}; fix htsr.average_layers in the config"
         )
-    panels = [("average", average_alpha(htsr, present))] + [
+    panels = [("average", seed_average_alpha(htsr, present))] + [
         (layer, htsr[htsr["layer"] == layer]) for layer in present
     ]
     fig = _new_figure("alpha", len(panels))
@@ -518,14 +506,14 @@ def plot_trap_examples(columns: Sequence[tuple[str, Sequence[Spectrum]]], title:
 # ---------------------------------------------------------------------------------------------
 # Detector lead times
 
-OUTCOMES = {  # outcome of one (alarm, run) as the figure groups them: colour, marker, legend text
+OUTCOME_GROUP_STYLE = {  # outcome group of one (alarm, run) in the figure: colour, marker, legend text
     "warned": ("#2ca02c", "o", "warned before the collapse"),
     "late": ("#ff7f0e", "s", "fired at or after the collapse"),
     "false_alarm": ("#d62728", "X", "false alarm (no collapse, or before the peak)"),
     "missed": ("#7f7f7f", "|", "missed: collapsed without alarm"),
     "quiet": ("#c7c7c7", "|", "quiet, no collapse (correct)"),
 }
-# detectors.csv's outcome (antigrok.summary.OUTCOMES) -> the figure's group
+# detectors.csv's outcome (antigrok.detector.OUTCOMES) -> the figure's group
 FIGURE_OUTCOME = {
     "after_peak_before_collapse": "warned",
     "late": "late",
@@ -539,8 +527,8 @@ if set(FIGURE_OUTCOME) != set(DETECTOR_OUTCOMES):
                        f"{sorted(DETECTOR_OUTCOMES)}: give every detector outcome a figure group")
 
 
-def alarm_outcome(row: pd.Series) -> str:
-    """The OUTCOMES key of one detectors.csv row: its ``outcome`` (computed by antigrok.summary)."""
+def outcome_group(row: pd.Series) -> str:
+    """The OUTCOME_GROUP_STYLE key of one detectors.csv row: the group of its ``outcome`` (antigrok.detector)."""
     outcome = row.get("outcome")
     if outcome not in FIGURE_OUTCOME:
         raise FigureDataError(
@@ -566,12 +554,12 @@ def plot_detector_leads(detectors: pd.DataFrame, title: str) -> Figure:
         lead_ax.text(0.5, 0.5, "no detector rows", ha="center", va="center", transform=lead_ax.transAxes)
         fig.suptitle(title, fontsize=11)
         return fig
-    frame = detectors.assign(outcome=detectors.apply(alarm_outcome, axis=1))
+    frame = detectors.assign(outcome=detectors.apply(outcome_group, axis=1))
     position = {alarm: index for index, alarm in enumerate(alarms)}
     seeds = sorted(frame["seed"].unique())
     offset = {seed: (i - (len(seeds) - 1) / 2) * 0.5 / max(len(seeds), 1) for i, seed in enumerate(seeds)}
     with_lead = frame[np.isfinite(frame["lead_decades"].astype(float))]
-    for outcome, (color, marker, label) in OUTCOMES.items():
+    for outcome, (color, marker, label) in OUTCOME_GROUP_STYLE.items():
         subset = with_lead[with_lead["outcome"] == outcome]
         if len(subset) and marker != "|":
             y = subset["alarm"].map(position) + subset["seed"].map(offset)
@@ -589,7 +577,7 @@ def plot_detector_leads(detectors: pd.DataFrame, title: str) -> Figure:
 
     counts = frame.groupby(["alarm", "outcome"]).size().unstack(fill_value=0)
     left = np.zeros(len(alarms))
-    for outcome, (color, _, label) in OUTCOMES.items():
+    for outcome, (color, _, label) in OUTCOME_GROUP_STYLE.items():
         values = counts.reindex(alarms).get(outcome, pd.Series(0, index=alarms)).fillna(0).to_numpy()
         if values.any():
             count_ax.barh(range(len(alarms)), values, left=left, color=color, label=label, height=0.6)

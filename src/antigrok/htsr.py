@@ -74,7 +74,7 @@ MP KS test (Appendix D; not in WeightWatcher)
     ``mp_ks_pvalue``. Same units as the fit, so sigma is WeightWatcher's.
 
 WeightWatcher prints at import and installs a root logging handler and an "ignore all"
-warnings filter; ``_weightwatcher()`` (antigrok.weightwatcher_engine, the WeightWatcher engine
+warnings filter; ``import_weightwatcher()`` (antigrok.weightwatcher_engine, the WeightWatcher engine
 and its size limits) imports it lazily and undoes both. Its own log
 records are captured per call (they give the reason of a failed fit). The global NumPy RNG
 state of the caller is restored after every layer. Not thread-safe (global RNG, stdout):
@@ -98,32 +98,12 @@ from antigrok.fastspectra import analyze_layer_fast, centered_random_esd
 from antigrok.files import write_csv_atomically
 from antigrok.loading import read_checkpoint, to_float64
 from antigrok.runs import checkpoint_files, refuse_held_elsewhere
-from antigrok.spectral import (  # noqa: F401 (mp_edges, mp_cdf, load_spectra, read_htsr: re-exported)
-    CENTERED_RAND_EVALS,
-    layer_name,
-    layer_seed,
-    load_spectra,
-    mp_cdf,
-    mp_edges,
-    mp_ks_test,
-    read_htsr,
-    save_spectra,
-    spectrum_key,
-    tracy_widom_cutoff,
-)
+from antigrok.spectral import CENTERED_RAND_EVALS, layer_name, layer_seed, save_spectra, spectrum_key
 from antigrok.traps import compute_traps
-from antigrok.weightwatcher_engine import (  # noqa: F401 (re-exported: htsr's names before the split)
-    _GENERIC_FAILURE_MESSAGES,
-    MAX_EVALS,
-    MAX_N,
+from antigrok.weightwatcher_engine import (
     MIN_EVALS,
-    _check_weight,
-    _finite_or_nan,
-    _layer_result,
-    _RecordHandler,
-    _recording_watcher_class,
-    _unanalyzable,
-    _weightwatcher,
+    check_weight,
+    import_weightwatcher,
     analyze_layer_ww,
     unanalyzable_reason,
 )
@@ -173,7 +153,7 @@ def analyze_layer(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax", eng
     if engine == "weightwatcher":
         return analyze_layer_ww(weight, seed=seed, fix_fingers=fix_fingers)
     if engine == "fast":
-        result = analyze_layer_fast(_check_weight(weight), seed=seed, fix_fingers=fix_fingers)
+        result = analyze_layer_fast(check_weight(weight), seed=seed, fix_fingers=fix_fingers)
         missing = [key for key in LAYER_KEYS if key not in result]
         if missing:
             raise RuntimeError(f"htsr engine 'fast' returned no {missing}; it must return {LAYER_KEYS}")
@@ -404,7 +384,7 @@ def analyze_checkpoints(checkpoints, run_seed: int | None = None, fix_fingers="c
         import multiprocessing
 
         if engine == "weightwatcher":
-            _weightwatcher()  # imported once here (~4 s), inherited by the forked workers
+            import_weightwatcher()  # imported once here (~4 s), inherited by the forked workers
         context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
         with ProcessPoolExecutor(max_workers=min(threads, len(files)), mp_context=context,
                                  initializer=_limit_worker_threads) as pool:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from antigrok.analyze import ALPHA_CRITICAL, SKIPPED_COLUMNS, analyze_model, layer_name
+from antigrok.analyze import ALPHA_CRITICAL, SKIPPED_COLUMNS, analyze_model
+from antigrok.spectral import layer_name
 from antigrok.loading import ModelSource, model_openers
 
 OTHER_PART = "other"

@@ -177,7 +177,7 @@ def analysed_steps(run: LongRun) -> set[int]:
     return set() if htsr is None else set(htsr["step"].astype(int))
 
 
-def _append(run: LongRun, name: str, new_rows: pd.DataFrame) -> None:
+def append_rows(run: LongRun, name: str, new_rows: pd.DataFrame) -> None:
     old = read_reference(run, name)
     table = new_rows if old is None else pd.concat([old, new_rows], ignore_index=True)
     for column, dtype in new_rows.dtypes.items():
@@ -206,8 +206,8 @@ def analyse_checkpoints(run: LongRun, paths: list[Path], dataset: dict, settings
         old = read_reference(run, name)
         if old is not None:
             write_csv_atomically(old[~old["step"].isin(steps)], run.reference_dir / name)
-        _append(run, name, table)
-    _append(run, "htsr.csv", htsr)
+        append_rows(run, name, table)
+    append_rows(run, "htsr.csv", htsr)
 
 
 def analyse(run: LongRun, dataset: dict, settings: AnalysisSettings) -> int:

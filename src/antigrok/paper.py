@@ -80,9 +80,6 @@ def _differs(difference: float, in_std: float, has_unit: bool):
     return bool(abs(difference) > EXACT_TOLERANCE)
 
 
-_number = format_number  # (its name here before antigrok.table_format)
-
-
 def comparison_markdown(comparison: pd.DataFrame, description: str) -> str:
     """One Markdown table per paper table: paper, ours, difference in paper std."""
     lines = [
@@ -99,13 +96,13 @@ def comparison_markdown(comparison: pd.DataFrame, description: str) -> str:
         rows = []
         for row in frame.itertuples(index=False):
             ours = "— (0)" if row.ours_n_seeds == 0 else (
-                f"{_number(row.ours_mean)} ± {_number(row.ours_std)} ({row.ours_n_seeds})")
-            delta = _number(row.difference)
-            in_std = _number(row.difference_in_paper_std)
+                f"{format_number(row.ours_mean)} ± {format_number(row.ours_std)} ({row.ours_n_seeds})")
+            delta = format_number(row.difference)
+            in_std = format_number(row.difference_in_paper_std)
             if row.differs is True:
                 delta, in_std = f"**{delta}**", f"**{in_std}**"
             rows.append([f"{row.weight_decay:g}", row.layer, row.metric, row.phase, row.paper_text, ours,
-                         _number(row.ours_edge_step_median), delta, in_std])
+                         format_number(row.ours_edge_step_median), delta, in_std])
         lines += [f"## {TABLE_TITLES.get(table, table)}", "", *markdown_table(headers, rows), ""]
     return "\n".join(lines)
 

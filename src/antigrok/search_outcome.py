@@ -35,7 +35,7 @@ DROP = 0.2
 COLLAPSE_ROWS = 5
 TRAIN_FIT = 0.99
 FITTED_SHARE = 0.95
-OUTCOMES = ("breakdown", "collapsed", "grokked", "not_grokked")
+SEARCH_OUTCOMES = ("breakdown", "collapsed", "grokked", "not_grokked")
 REQUIRED_COLUMNS = ("step", "train_loss", "train_acc", "test_loss", "test_acc")
 
 

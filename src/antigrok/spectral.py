@@ -9,6 +9,8 @@ antigrok.fastspectra) and antigrok.traps share: one definition each, imported by
 - ``mp_ks_test``: the KS test of a randomized ESD against its fitted MP law (Appendix D).
 - The files that hold them: ``spectrum_key``, ``save_spectra``, ``load_spectra`` (spectra.npz)
   and ``read_htsr`` (htsr.csv, floats bit-exact).
+- ``mean_alpha``: the alpha of some layers averaged per step (Table 1's "average alpha", the
+  alarms' and the figures'), NaN where any of them has no finite alpha.
 
 The expressions are WeightWatcher 0.7.5.5's operations, in its order, so that results computed
 from them match its own bit for bit; of antigrok this module imports only antigrok.files.
@@ -174,3 +176,23 @@ def read_htsr(path: str | Path) -> pd.DataFrame:
     if int(pd.__version__.split(".")[0]) >= 3:
         return pd.read_csv(path)  # round-trip exact by default; the option is deprecated
     return pd.read_csv(path, float_precision="round_trip")
+
+
+def mean_alpha(htsr: pd.DataFrame, layers: list[str], name: str = "average_layers") -> pd.Series:
+    """Per step (the index) the mean alpha of ``layers``; NaN whenever any of them has no finite
+    alpha at that step, so the average is always over the same layers.
+
+    ``htsr``: one run's rows (step, layer, alpha), e.g. htsr.csv or a monitor's history; ``name``
+    names the layer list in errors.
+    """
+    layers = list(layers)
+    unknown = set(layers) - set(htsr["layer"])
+    if unknown and not htsr.empty:
+        raise ValueError(
+            f"{name} names layers {sorted(unknown)} that the spectra do not have (they have {sorted(htsr['layer'].unique())})"
+        )
+    selected = htsr[htsr["layer"].isin(layers)].set_index(["step", "layer"])["alpha"]
+    if not selected.index.is_unique:
+        raise ValueError("htsr rows have more than one alpha for some (step, layer): pass one run at a time")
+    wide = selected.unstack("layer").reindex(columns=layers)
+    return wide.mean(axis=1, skipna=False).rename("alpha").sort_index()

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from antigrok.figures import DPI, save_figure, set_step_axis
-from antigrok.summary import read_run_files
+from antigrok.runs import read_run_files
 from antigrok.warning_rules import MODEL, STATISTICS, statistic_table
 
 LABELS = {

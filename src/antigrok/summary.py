@@ -20,50 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# The detector's public names are re-exported: ``from antigrok.summary import X`` keeps working.
-from antigrok.detector import (  # noqa: F401
-    DEFAULT_DETECTOR,
-    DETECTOR_CAPTION,
-    DETECTOR_COLUMNS,
-    DETECTOR_SUMMARY_COLUMNS,
-    FALSE_ALARM_OUTCOMES,
-    INTEGER_COLUMNS,
-    MAD_TO_SD,
-    _median,
-    OUTCOMES,
-    SPECTRAL_ALARMS,
-    accuracy_at,
-    accuracy_curve,
-    alarm_conditions,
-    alarm_outcome,
-    armed_from_step,
-    classify_outcome,
-    control_conditions,
-    departure_condition,
-    detector_summary,
-    detector_table,
-    evaluate_run_alarms,
-    first_alarm_step,
-    firing_steps,
-    lead,
-    lead_decades,
-    local_log_slopes,
-    mean_alpha,
-    spectral_conditions,
-    stopping_cost,
-    write_detector_tables,
-)
 from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.phases import PHASES, edges_from_phases, smoothed_test_acc_at
-from antigrok.runs import RUN_KEYS, RUN_PATH, parse_run_dir, read_run_files  # noqa: F401 (re-exported)
-from antigrok.table_format import (  # noqa: F401 (re-exported)
-    TABLE_STYLE,
-    format_cell,
-    format_number,
-    frame_to_html,
-    frame_to_markdown,
-    markdown_table,
-)
+from antigrok.runs import RUN_KEYS, parse_run_dir, read_run_files
+from antigrok.spectral import mean_alpha
+from antigrok.table_format import format_cell, frame_to_html, frame_to_markdown, markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +41,7 @@ PHASE_HEADERS = {
 # ----------------------------------------------------------------------------- tables
 
 
-def average_alpha(htsr: pd.DataFrame, average_layers: dict[str, list[str]]) -> pd.DataFrame:
+def average_alpha_rows(htsr: pd.DataFrame, average_layers: dict[str, list[str]]) -> pd.DataFrame:
     """Rows layer="average": per (run, step) the mean alpha of ``htsr.average_layers[experiment]``.
 
     NaN (a failed fit, or a listed layer missing at that step) whenever any listed layer has no
@@ -163,7 +124,7 @@ def _experiment_order(experiments: list[str], *frames: pd.DataFrame) -> list[str
 
 def table1_alpha(htsr, phases, average_layers, experiments) -> pd.DataFrame:
     """Table 1: alpha of every layer and the average alpha, per phase (tidy)."""
-    with_average = pd.concat([htsr[RUN_KEYS + ["step", "layer", "alpha"]], average_alpha(htsr, average_layers)])
+    with_average = pd.concat([htsr[RUN_KEYS + ["step", "layer", "alpha"]], average_alpha_rows(htsr, average_layers)])
     layers = {name: names + [AVERAGE_LAYER] for name, names in _layers(htsr).items()}
     cells = table_cells(phases, layers, _experiment_order(experiments, htsr))
     return aggregate_over_seeds(right_edge_values(with_average, phases, ["alpha"]), ["alpha"], cells)

@@ -26,7 +26,8 @@ from matplotlib.figure import Figure
 from antigrok.files import write_atomically
 from antigrok.phases import smoothed_test_acc_at
 from antigrok.table_format import format_number, markdown_table
-from antigrok.summary import RUN_KEYS, average_alpha, read_run_files
+from antigrok.runs import RUN_KEYS, read_run_files
+from antigrok.summary import average_alpha_rows
 
 TIMESCALE_COLUMNS = [
     "experiment", "lr", "weight_decay", "seed", "steps",
@@ -77,7 +78,7 @@ def run_row(train_log, phases, htsr_average, traps, lr: float, alpha_critical: f
 def timescale_table(train_logs, phases, htsr, traps, learning_rates: dict[str, float],
                     average_layers: dict[str, list[str]], alpha_critical: float) -> pd.DataFrame:
     """timescale.csv from the concatenated run frames (read_run_files), ordered by lr."""
-    averages = average_alpha(htsr, average_layers)
+    averages = average_alpha_rows(htsr, average_layers)
     rows = []
     for run, log in train_logs.groupby(RUN_KEYS, sort=False):
         experiment = run[0]

@@ -42,7 +42,7 @@ from antigrok.models import DTYPES, build_model
 from antigrok.resume import Resume, RunFiles
 from antigrok.schema import section_defaults
 from antigrok.segments import advance_segment, progress_line, segments_table, start_segment
-from antigrok.schedule import checkpoint_steps, log_spaced_steps, log_steps  # noqa: F401 (re-exported)
+from antigrok.schedule import checkpoint_steps, log_steps
 
 log = logging.getLogger(__name__)
 

@@ -38,17 +38,16 @@ from scipy import stats
 
 from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.phases import edges_from_phases
-from antigrok.summary import (
+from antigrok.detector import (
     DEFAULT_DETECTOR,
-    RUN_KEYS,
     accuracy_at,
     accuracy_curve,
     classify_outcome,
     departure_condition,
     firing_steps,
     lead_decades,
-    read_run_files,
 )
+from antigrok.runs import RUN_KEYS, read_run_files
 
 # statistic -> (file it comes from, column or derivation, per layer?)
 STATISTICS = {

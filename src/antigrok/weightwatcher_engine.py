@@ -29,7 +29,7 @@ _WW_MODULE = None
 _GENERIC_FAILURE_MESSAGES = {"power law fit failed", "power law fit failed, will still attempt plots"}
 
 
-def _weightwatcher():
+def import_weightwatcher():
     """The weightwatcher module, imported once without touching logging, warnings or stdout.
 
     At import it calls ``logging.basicConfig`` (a root handler), ``warnings.simplefilter
@@ -116,7 +116,7 @@ def unanalyzable_reason(shape) -> str:
 _unanalyzable = unanalyzable_reason  # its name before it was public
 
 
-def _check_weight(weight) -> np.ndarray:
+def check_weight(weight) -> np.ndarray:
     """A matrix (out, in) or conv kernel (out, in, k[, k2]) as float64, or ValueError saying why not."""
     weight = np.asarray(weight)
     if weight.ndim not in (2, *KERNEL_NDIMS):
@@ -145,8 +145,8 @@ def analyze_layer_ww(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax") 
     ``weight`` (out, in) as torch stores it, or a conv kernel (antigrok.kernels: a Conv1d's
     ``(out, in, k)`` is given as the Conv2d kernel ``(out, in, k, 1)``). Returns the keys of ``LAYER_KEYS``.
     """
-    weight = _check_weight(weight)
-    watcher_class = _recording_watcher_class(_weightwatcher())
+    weight = check_weight(weight)
+    watcher_class = _recording_watcher_class(import_weightwatcher())
     ww_logger = logging.getLogger("weightwatcher")
     recorder = _RecordHandler()
     ww_logger.addHandler(recorder)

@@ -1,4 +1,4 @@
-from antigrok.figures import write_table_html
+from antigrok.summary import write_table_html
 from antigrok.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):

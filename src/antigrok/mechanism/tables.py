@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,7 @@ def confusion_summary(confusion: pd.DataFrame) -> pd.DataFrame:
 
 
 def html_page(tables: Mapping[str, pd.DataFrame], descriptions: Mapping[str, str]) -> str:
-    from antigrok.figures import TABLE_STYLE
+    from antigrok.table_format import TABLE_STYLE
 
     parts = [f"<h3>{title}</h3>{frame.to_html(index=False, na_rep='', border=0, float_format=lambda v: f'{v:.4g}')}"
              for title, frame in tables.items()]

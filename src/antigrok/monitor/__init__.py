@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -46,16 +45,14 @@ from antigrok.detector import SPECTRAL_ALARMS
 from antigrok.htsr import (
     DEFAULT_ENGINE,
     HTSR_COLUMNS,
-    MIN_EVALS,
     analyze_with_traps,
     skipped_summary,
     state_dict_skip_reasons,
     weight_matrices,
 )
-from antigrok.htsr import analyze_weights, htsr_table  # noqa: F401 (importable from here before)
+from antigrok.weightwatcher_engine import MIN_EVALS
 from antigrok.monitor.alarms import Alarm, AlarmWatch, RuleAlarm, RuleWatch
 from antigrok.progress import l2_norm
-from antigrok.traps import compute_traps  # noqa: F401 (importable from here before)
 from antigrok.warning_rules import WarningRule
 
 __all__ = [

@@ -24,7 +24,8 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from antigrok.detector import SPECTRAL_ALARMS, firing_steps, mean_alpha, spectral_conditions
+from antigrok.detector import SPECTRAL_ALARMS, firing_steps, spectral_conditions
+from antigrok.spectral import mean_alpha
 from antigrok.rule_worth import worth_line
 from antigrok.warning_rules import MODEL, STATISTICS, WarningRule, rule_firings, rules_from_config, statistic_table
 

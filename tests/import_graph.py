@@ -1,8 +1,8 @@
 """The import graph of the antigrok package: its modules, the edges between them, and any cycle.
 
-    python scripts/import_graph.py            # counts, then one line per edge
-    python scripts/import_graph.py --check    # exit 1 (naming the cycle) if the graph has a cycle
-    python scripts/import_graph.py --package-dir OTHER_CHECKOUT/src/antigrok
+    python tests/import_graph.py            # counts, then one line per edge
+    python tests/import_graph.py --check    # exit 1 (naming the cycle) if the graph has a cycle
+    python tests/import_graph.py --package-dir OTHER_CHECKOUT/src/antigrok
 
 Every ``import antigrok.x`` / ``from antigrok.x import ...`` / ``from antigrok import x`` counts,
 also one inside a function (a lazy import hides a cycle, it does not remove it).
