@@ -594,3 +594,15 @@ def model_openers(path: str | Path) -> list[tuple[Path, Callable[[], ModelSource
 def open_model(path: str | Path) -> list[ModelSource]:
     """Every model a path holds, opened (headers read; tensors still on disk where the format allows)."""
     return [opener() for _, opener in model_openers(path)]
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """The float64 state_dict of a checkpoint file (.pt as antigrok.train writes it, or .safetensors)."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors = {name: read_safetensor(path, name) for name, _, _ in safetensors_headers(path)}
+    else:
+        tensors = dict(read_checkpoint(path)["model"])
+    return {name: tensor.to(torch.float64) for name, tensor in tensors.items()}

@@ -45,9 +45,10 @@ from antigrok.figures import (
 )
 from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.htsr import analyze_weights, weight_matrices
+from antigrok.loading import read_state_dict
 from antigrok.long_runs import EDGE_COLUMNS, LongRun
-from antigrok.mechanism.checkpoints import read_state_dict
 from antigrok.paper import compare_with_paper, comparison_markdown, read_paper_tables
+from antigrok.schema import REPO
 from antigrok.runs import read_run_files
 from antigrok.spectral import read_htsr, save_spectra
 from antigrok.summary import TABLE_CAPTION, table1_alpha, table2_traps, table4_mp_fit, tidy_to_markdown
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 # The files of a run's reference folder that every figure and table reads.
 REQUIRED_FILES = ("train_log.csv", "phases.csv", "htsr.csv", "traps.csv", "progress.csv")
 # The paper's values of Tables 1, 2 and 4 (rule paper_comparison's input).
-PAPER_TABLES = Path(__file__).resolve().parents[2] / "workflow" / "resources" / "paper_tables.csv"
+PAPER_TABLES = REPO / "workflow" / "resources" / "paper_tables.csv"
 # Headings of the trap figure's columns, by checkpoints.csv's edge.
 EDGE_HEADINGS = {
     "fit": "train set fitted",

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from antigrok.loading import read_checkpoint, read_safetensor, safetensors_headers
 from antigrok.models import MLP
 from antigrok.phases import edges_from_phases
 from antigrok.runs import checkpoint_files, nearest_checkpoint_step
@@ -68,16 +67,6 @@ def edge_checkpoints(phases: pd.DataFrame, checkpoints: Mapping[int, Path], edge
         step = nearest_checkpoint_step(checkpoints, edge_step)
         chosen.append(EdgeCheckpoint(edge, int(edge_step), step, Path(checkpoints[step])))
     return chosen
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The float64 state_dict of a checkpoint file (.pt as antigrok.train writes it, or .safetensors)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        tensors = {name: read_safetensor(path, name) for name, _, _ in safetensors_headers(path)}
-    else:
-        tensors = dict(read_checkpoint(path)["model"])
-    return {name: tensor.to(torch.float64) for name, tensor in tensors.items()}
 
 
 def mlp_widths(state_dict: Mapping[str, torch.Tensor]) -> list[int]:

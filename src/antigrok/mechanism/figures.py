@@ -11,7 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from antigrok.figures import read_run_tables, save_figure, seed_of, set_step_axis, shade_phases
-from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, read_state_dict
+from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints
+from antigrok.loading import read_state_dict
 from antigrok.mechanism.prototypes import best_match, class_means, pixel_images, top_rows
 from antigrok.mechanism.removal import CONDITIONS
 

@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 
 from antigrok.files import write_csv_atomically
-from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, layer_names, read_state_dict, weight_matrix
+from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, layer_names, weight_matrix
+from antigrok.loading import read_state_dict
 
 log = logging.getLogger(__name__)
 
