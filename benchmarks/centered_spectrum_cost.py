@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from antigrok.fastspectra import centered_random_esd
+from antigrok.spectra.fast_engine import centered_random_esd
 from antigrok.htsr import analyze_layer
 
 

@@ -39,9 +39,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from antigrok import fastspectra as fs
-from antigrok import htsr, spectral
-from antigrok.weightwatcher_engine import import_weightwatcher
+from antigrok.spectra import fast_engine as fs
+from antigrok import htsr
+from antigrok.spectra import primitives as spectral
+from antigrok.spectra.ww_engine import import_weightwatcher
 
 DEFAULT_SHAPES = "4096x11008,2880x5760,2880x2880"
 EXPERT_SHAPE = "2880x2880"  # gpt-oss-20b and -120b: hidden 2880, intermediate 2880

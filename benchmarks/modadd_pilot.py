@@ -14,7 +14,7 @@ each full batch and mini-batch (``--batches``; 512 = Verma's), float32 and float
 with float64 logits (``model.logits_dtype``) and the MSE loss at float32 (``--precisions``; the MSE
 loss at float64, the MLP's recipe, on request).
 
-A step is timed exactly as ``train_run`` takes it: ``antigrok.train.SingleRun`` (model, AdamW, batch
+A step is timed exactly as ``train_run`` takes it: ``antigrok.training.train.SingleRun`` (model, AdamW, batch
 order, step object) advanced ``--steps`` steps, ``--repeats`` times, after ``--warmup`` untimed steps.
 Evaluation (the train_log.csv row: loss and accuracy on every train and test pair) is timed
 ``--eval-repeats`` times. Both are measured in process CPU time (``time.process_time``) and wall time
@@ -45,9 +45,9 @@ from pathlib import Path
 
 import torch
 
-from antigrok.data import prepare_modadd
-from antigrok.schedule import log_steps
-from antigrok.train import RunSpec, SingleRun, evaluation_row
+from antigrok.training.data import prepare_modadd
+from antigrok.training.schedule import log_steps
+from antigrok.training.train import RunSpec, SingleRun, evaluation_row
 from antigrok.workflow_config import load_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]

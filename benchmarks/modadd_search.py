@@ -3,7 +3,7 @@
 Each candidate is config.yaml's ``modadd_transformer`` (Nanda et al.'s 1-layer transformer: no
 LayerNorm, ReLU MLP, learned positions, AdamW betas (0.9, 0.98), warm-up 10, full batch) with a
 few keys changed (modulus p, train fraction, d_model, d_mlp, lr, dtype, weight decay). It is
-trained by the workflow's own ``antigrok.train.train_run``, exactly as the train rule calls it,
+trained by the workflow's own ``antigrok.training.train.train_run``, exactly as the train rule calls it,
 for at most ``--steps`` steps, on one thread. From its train log come:
 
     fit_step     first logged step with train accuracy >= 0.99 (phases.train_fit)
@@ -41,9 +41,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import antigrok.train as train_module
-from antigrok.data import prepare_modadd
-from antigrok.train import RunSpec, train_run
+import antigrok.training.train as train_module
+from antigrok.training.data import prepare_modadd
+from antigrok.training.train import RunSpec, train_run
 from antigrok.workflow_config import load_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]

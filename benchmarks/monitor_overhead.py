@@ -29,7 +29,7 @@ import warnings
 
 import torch
 
-from antigrok.models import build_model
+from antigrok.training.models import build_model
 from antigrok.monitor import SpectralAlarmWarning, SpectralMonitor
 
 WIDTHS = [784, 200, 200, 10]

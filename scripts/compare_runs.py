@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from antigrok.phases import smoothed_test_acc_at
+from antigrok.study.phases import smoothed_test_acc_at
 
 EDGES = ("fit_step", "peak_step", "anti_grokking_start_step", "collapse_step")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 from antigrok.runs import HTSR_CSV, PHASES_CSV, PROGRESS_CSV, RESULTS, RUN_DIR, TRAIN_LOG, TRAPS_CSV
-from antigrok.segments import cpu_model, git_commit
+from antigrok.training.segments import cpu_model, git_commit
 from antigrok.workflow_config import format_weight_decay, load_workflow_config
 
 RUN_FILES = (TRAIN_LOG, HTSR_CSV, TRAPS_CSV, PROGRESS_CSV, PHASES_CSV)

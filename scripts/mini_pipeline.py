@@ -17,9 +17,13 @@ from pathlib import Path
 
 import torch
 
-from antigrok import figures, htsr, phases, summary, traps
-from antigrok.batched import train_runs
-from antigrok.train import RunSpec, train_run
+from antigrok import htsr
+from antigrok.report import figures
+from antigrok.study import phases
+from antigrok.study import tables as summary
+from antigrok.spectra import traps
+from antigrok.training.batched import train_runs
+from antigrok.training.train import RunSpec, train_run
 
 EXPERIMENT = {
     "dataset": {"name": "mnist"},

@@ -178,6 +178,8 @@ def passed_on_imports(source: str, src: Path = REPO / "src") -> list[tuple[int, 
                     aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
                 elif alias.name in imported and alias.name not in public:
                     findings.append((node.lineno, f"from {node.module} import {alias.name}"))
+                elif alias.name not in defined | imported and alias.name != "*":
+                    findings.append((node.lineno, f"from {node.module} import {alias.name}: it has no such name"))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith(PACKAGE + ".") and alias.asname:

@@ -10,8 +10,9 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from antigrok import figures, summary
-from antigrok.spectral import mp_edges, mp_sigma_of_edge
+from antigrok.report import figures
+from antigrok.study import tables as summary
+from antigrok.spectra.primitives import mp_edges, mp_sigma_of_edge
 
 STEPS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
 SEEDS = [0, 1]
@@ -100,7 +101,7 @@ def spectrum(rng, spike=0.0, traps=None, rand=True) -> figures.Spectrum:
 
 
 def synthetic_detectors(collapse_step=1000) -> pd.DataFrame:
-    """detectors.csv rows as antigrok.summary writes them (its alarm_outcome computes the outcome);
+    """detectors.csv rows as antigrok.study.tables writes them (its alarm_outcome computes the outcome);
     seed 0 collapses at ``collapse_step`` (None: never), seed 1 never does."""
     rows = []
     for alarm in ["alpha_below_critical", "any_trap", "alpha_and_trap", "l2_norm"]:

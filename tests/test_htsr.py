@@ -13,8 +13,9 @@ import pytest
 import torch
 from scipy import integrate
 
-from antigrok import htsr, spectral
-from antigrok.weightwatcher_engine import import_weightwatcher
+from antigrok import htsr
+from antigrok.spectra import primitives as spectral
+from antigrok.spectra.ww_engine import import_weightwatcher
 from conftest import SHARED_DATA, requires_mnist
 
 NO_MINUS_ONE_COLUMNS = [c for c in htsr.HTSR_COLUMNS if c not in ("step", "layer", "fit_status")]
@@ -193,8 +194,8 @@ def mnist_checkpoint(tmp_path_factory):
     """A checkpoint of the paper's MLP (init x8) trained for 100 steps on the real MNIST subset."""
     if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.skip(f"offline MNIST copy not found at {SHARED_DATA}")
-    from antigrok.data import prepare_mnist
-    from antigrok.train import RunSpec, train_run
+    from antigrok.training.data import prepare_mnist
+    from antigrok.training.train import RunSpec, train_run
 
     experiment = {
         "model": {"name": "mlp", "widths": [784, 200, 200, 10], "init_scale": 8.0}, "loss": "mse",

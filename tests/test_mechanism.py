@@ -14,15 +14,15 @@ import torch
 import yaml
 from scipy.spatial.distance import jensenshannon
 
-from antigrok.fastspectra import marchenko_pastur_fit, random_esd_batch
+from antigrok.spectra.fast_engine import marchenko_pastur_fit, random_esd_batch
 from antigrok.mechanism.checkpoints import (
     edge_checkpoints,
     layer_inputs,
     mlp_from_state_dict,
     mlp_widths,
     outputs_from,
-    read_state_dict,
 )
+from antigrok.formats.loading import read_state_dict
 from antigrok.mechanism.confusion import confusion_rows, top_class_share
 from antigrok.mechanism.largest_weight import LARGEST_WEIGHT_COLUMNS, largest_weight_row, participation_fraction
 from antigrok.mechanism.prototypes import PROTOTYPE_COLUMNS, best_match, class_means, pixel_images, prototype_rows
@@ -106,7 +106,7 @@ def test_the_trap_count_is_the_workflows(shape, shift):
 
 
 def test_the_shuffle_is_the_workflows_and_the_components_sum_back_to_w():
-    from antigrok.fastspectra import shuffled_weights
+    from antigrok.spectra.fast_engine import shuffled_weights
 
     weight = gaussian(2, (10, 200))
     permutations = shuffle_permutations(weight.shape, 99)
@@ -163,7 +163,7 @@ def test_js_divergence_known_values():
 
 
 def mlp_state(seed: int = 0, widths=(784, 40, 30, 10), shift: float = 0.0) -> dict:
-    from antigrok.models import MLP
+    from antigrok.training.models import MLP
 
     torch.manual_seed(seed)
     state = {k: v.to(torch.float64) * 8 for k, v in MLP(list(widths)).state_dict().items()}
@@ -238,7 +238,7 @@ def test_the_centred_traps_are_the_planted_entry_and_removing_them_keeps_the_mea
     indices = centred_trap_indices(svd, traps)
     assert len(indices) == 1  # the mean is not a centred trap
     # the workflow's num_traps_centered (fastspectra.centered_random_esd above the same threshold)
-    from antigrok.fastspectra import centered_random_esd
+    from antigrok.spectra.fast_engine import centered_random_esd
 
     assert centred_trap_count(weight, traps) == int(np.sum(centered_random_esd(weight, 8) > traps.trap_threshold))
     restored = weight - component_sum(svd, indices)
@@ -251,7 +251,7 @@ def test_the_centred_traps_are_the_planted_entry_and_removing_them_keeps_the_mea
 
 
 def test_the_centred_count_is_traps_csv_on_a_committed_checkpoint():
-    from antigrok.spectral import layer_seed
+    from antigrok.spectra.primitives import layer_seed
 
     run = REPO / "docs/reference/detector_study/runs/mnist_lr2e-3/wd0.0/seed0"
     state = read_state_dict(run / "checkpoints" / "step000100000.safetensors")

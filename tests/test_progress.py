@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from antigrok.models import build_model
-from antigrok.progress import (
+from antigrok.training.models import build_model
+from antigrok.study.progress import (
     ProgressSettings,
     abs_weight_entropy,
     activation_sparsity,

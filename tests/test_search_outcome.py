@@ -1,4 +1,4 @@
-"""The transformer search's outcome definitions (antigrok.search_outcome) on synthetic train logs."""
+"""The transformer search's outcome definitions (antigrok.study.search_outcome) on synthetic train logs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from antigrok.search_outcome import SEARCH_OUTCOMES, classify, outcome_table
+from antigrok.study.search_outcome import SEARCH_OUTCOMES, classify, outcome_table
 from conftest import REPO
 
 

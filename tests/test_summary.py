@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import dry_run_jobs, snakemake
 
-from antigrok.detector import (
+from antigrok.study.detector import (
     DETECTOR_COLUMNS,
     DETECTOR_SUMMARY_COLUMNS,
     alarm_conditions,
@@ -19,7 +19,7 @@ from antigrok.detector import (
     spectral_conditions,
     write_detector_tables,
 )
-from antigrok.summary import TIDY_COLUMNS, average_alpha_rows, table1_alpha, table2_traps, write_paper_tables
+from antigrok.study.tables import TIDY_COLUMNS, average_alpha_rows, table1_alpha, table2_traps, write_paper_tables
 from antigrok.runs import parse_run_dir
 
 CHECKPOINTS = [0, 10, 100, 1000, 10000]
@@ -493,7 +493,7 @@ def test_changing_a_phase_threshold_reruns_only_phases_and_what_follows(smoke_wo
 
 
 def test_markdown_tables_say_which_lr_and_steps_made_them():
-    from antigrok.summary import tidy_to_markdown
+    from antigrok.study.tables import tidy_to_markdown
 
     tidy = pd.DataFrame([{"experiment": "mnist_lr5e-3", "weight_decay": 0.0, "phase": phase, "layer": "fc1",
                           "metric": "alpha", "mean": 3.0, "std": 0.1, "n_seeds": 2, "edge_step_median": 10.0}

@@ -1,4 +1,4 @@
-"""Correlation Traps (antigrok.traps): WeightWatcher's count at scale 1, thresholds, files, and a
+"""Correlation Traps (antigrok.spectra.traps): WeightWatcher's count at scale 1, thresholds, files, and a
 threshold change that reruns only the traps rule."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from antigrok import htsr, spectral, traps
+from antigrok import htsr
+from antigrok.spectra import primitives as spectral
+from antigrok.spectra import traps
 from conftest import dry_run_jobs, snakemake
 
 
@@ -185,7 +187,7 @@ def test_traps_of_large_entries_survive_centering(spectra_files):
 
 
 def test_centered_spectrum_is_the_shuffled_draws_minus_their_mean():
-    from antigrok.fastspectra import centered_random_esd, shuffled_weights
+    from antigrok.spectra.fast_engine import centered_random_esd, shuffled_weights
 
     weight = mean_shift(gaussian(rows=30, cols=50, seed=7), 20.0)
     replicas = shuffled_weights(weight, 11)

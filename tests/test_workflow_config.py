@@ -4,12 +4,12 @@ import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from antigrok.detector import DEFAULT_DETECTOR
+from antigrok.study.detector import DEFAULT_DETECTOR
 from antigrok.mechanism.removal import RemovalSettings
-from antigrok.phases import PhaseThresholds
-from antigrok.progress import ProgressSettings
+from antigrok.study.phases import PhaseThresholds
+from antigrok.study.progress import ProgressSettings
 from antigrok.schema import SCHEMA, section_defaults
-from antigrok.train import RunSpec
+from antigrok.training.train import RunSpec
 from antigrok.workflow_config import (
     batched_unsupported_reason,
     describe_experiment,

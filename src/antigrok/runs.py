@@ -29,7 +29,7 @@ PROGRESS_CSV = "progress.csv"
 PHASES_CSV = "phases.csv"
 CHECKPOINT_NAME = re.compile(r"step(\d+)\.(pt|safetensors)")
 # In a run's checkpoint folder: the checkpoints trained and analysed on another machine
-# (a run continued from a copied resume state; antigrok.resume, docs/long-runs.md).
+# (a run continued from a copied resume state; antigrok.training.resume, docs/long-runs.md).
 HELD_ELSEWHERE = "held_elsewhere.json"
 # .../<experiment>/wd<weight decay>/seed<seed>/... (under results/runs/ in the workflow)
 RUN_PATH = re.compile(r"(?:^|/)(?P<experiment>[^/]+)/wd(?P<weight_decay>[^/]+)/seed(?P<seed>\d+)(?:/|$)")

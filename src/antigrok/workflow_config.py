@@ -51,7 +51,7 @@ RUN_LIST_KEYS = ("seeds", "weight_decays")
 
 def run_settings(experiment: Mapping) -> dict:
     """What shapes each run of ``experiment``: its config without the lists of runs. The train
-    rule passes it as a param and antigrok.train.RunSpec hashes it into the run's fingerprint, so
+    rule passes it as a param and antigrok.training.train.RunSpec hashes it into the run's fingerprint, so
     a change here restarts every resumable run from step 0."""
     return {key: value for key, value in experiment.items() if key not in RUN_LIST_KEYS}
 
@@ -75,7 +75,7 @@ def describe_experiment(name: str, experiments: Mapping) -> str:
 
 
 def batched_unsupported_reason(experiment: Mapping) -> str | None:
-    """Why the batched engine (antigrok.batched) cannot train this experiment, or None when it can."""
+    """Why the batched engine (antigrok.training.batched) cannot train this experiment, or None when it can."""
     model = experiment["model"]["name"]
     if model != "mlp":
         return f"model.name is {model!r}; the batched engine trains MLPs only"

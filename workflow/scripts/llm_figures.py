@@ -1,4 +1,4 @@
-from antigrok.llm import write_figures
+from antigrok.users.llm import write_figures
 from antigrok.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):

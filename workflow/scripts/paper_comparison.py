@@ -1,4 +1,4 @@
-from antigrok.paper import write_paper_comparison
+from antigrok.study.paper import write_paper_comparison
 from antigrok.runlog import to_log_file
 
 params, inputs = snakemake.params, snakemake.input

@@ -1,4 +1,4 @@
-from antigrok.summary import write_phase_edges
+from antigrok.study.tables import write_phase_edges
 from antigrok.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):

@@ -1,4 +1,4 @@
-from antigrok.phases import PhaseThresholds, write_phases
+from antigrok.study.phases import PhaseThresholds, write_phases
 from antigrok.runlog import to_log_file
 
 params = snakemake.params

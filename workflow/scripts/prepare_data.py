@@ -1,4 +1,4 @@
-from antigrok.data import prepare_dataset, save_dataset
+from antigrok.training.data import prepare_dataset, save_dataset
 from antigrok.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):

@@ -1,6 +1,6 @@
 import torch
 
-from antigrok.progress import write_progress_csv
+from antigrok.study.progress import write_progress_csv
 from antigrok.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):

@@ -1,4 +1,4 @@
-from antigrok.summary import write_table_html
+from antigrok.study.tables import write_table_html
 from antigrok.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from antigrok.models import MLP
-from antigrok.phases import edges_from_phases
+from antigrok.training.models import MLP
+from antigrok.study.phases import edges_from_phases
 from antigrok.runs import checkpoint_files, nearest_checkpoint_step
 
 log = logging.getLogger(__name__)

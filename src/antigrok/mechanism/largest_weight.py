@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
 from antigrok.mechanism.checkpoints import checkpoint_paths, layer_names, weight_matrix
-from antigrok.loading import read_state_dict
+from antigrok.formats.loading import read_state_dict
 from antigrok.mechanism.trap_components import LayerTraps, layer_traps
-from antigrok.spectral import layer_seed
+from antigrok.spectra.primitives import layer_seed
 
 log = logging.getLogger(__name__)
 

@@ -72,15 +72,15 @@ from antigrok.mechanism.checkpoints import (
     layer_inputs,
     layer_names,
     outputs_from,
-    read_state_dict,
     weight_matrix,
 )
+from antigrok.formats.loading import read_state_dict
 from antigrok.mechanism.centred_traps import centred_svd, centred_trap_indices
 from antigrok.mechanism.input_matched import SecondMoment, input_load, input_loads, input_matched_rank_one
 from antigrok.mechanism.mean_component import bias_compensation, mean_component
 from antigrok.mechanism.trap_components import LayerTraps, ShuffledSVD, layer_traps, unshuffle
 from antigrok.schema import section_defaults
-from antigrok.spectral import layer_seed
+from antigrok.spectra.primitives import layer_seed
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ def removal_table(checkpoint_dir: str | Path, phases: pd.DataFrame, dataset: Map
 def write_removal(checkpoint_dir: str | Path, phases_csv: str | Path, dataset_path: str | Path, output: str | Path,
                   run_seed: int, settings: RemovalSettings) -> pd.DataFrame:
     """The rule ``trap_removal``."""
-    from antigrok.data import load_dataset
+    from antigrok.training.data import load_dataset
 
     table = removal_table(checkpoint_dir, pd.read_csv(phases_csv), load_dataset(dataset_path), run_seed, settings)
     write_csv_atomically(table, output)
