@@ -20,10 +20,10 @@ import warnings
 
 import numpy as np
 
-from antigrok.users.analyze import analyze_path
 from antigrok.formats.loading import read_checkpoint
 from antigrok.spectra.primitives import layer_seed
 from antigrok.spectra.ww_engine import import_weightwatcher
+from antigrok.users.analyze import analyze_path
 
 
 def weightwatcher_row(ww, name: str, tensor, seed: int):

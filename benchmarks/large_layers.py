@@ -39,8 +39,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from antigrok.spectra import fast_engine as fs
 from antigrok import htsr
+from antigrok.spectra import fast_engine as fs
 from antigrok.spectra import primitives as spectral
 from antigrok.spectra.ww_engine import import_weightwatcher
 

@@ -43,12 +43,12 @@ import pandas as pd
 import torch
 
 import antigrok.training.train
-from antigrok.training.data import prepare_dataset
 from antigrok.htsr import analyze_checkpoints
 from antigrok.monitor import SpectralMonitor
-from antigrok.study.phases import PhaseThresholds, edges_from_phases, segment_phases
-from antigrok.study.detector import SPECTRAL_ALARMS, accuracy_at, accuracy_curve, evaluate_run_alarms
 from antigrok.spectra.traps import compute_traps
+from antigrok.study.detector import SPECTRAL_ALARMS, accuracy_at, accuracy_curve, evaluate_run_alarms
+from antigrok.study.phases import PhaseThresholds, edges_from_phases, segment_phases
+from antigrok.training.data import prepare_dataset
 from antigrok.workflow_config import load_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,8 +31,8 @@ from export_reference import PACKAGES, RUN_FILES  # noqa: E402
 
 from antigrok.files import write_csv_atomically, write_safetensors  # noqa: E402
 from antigrok.formats.loading import read_checkpoint  # noqa: E402
-from antigrok.training.segments import cpu_model, git_commit  # noqa: E402
 from antigrok.runs import CHECKPOINTS, checkpoint_files, parse_run_dir, checkpoint_path, nearest_checkpoint_step  # noqa: E402
+from antigrok.training.segments import cpu_model, git_commit  # noqa: E402
 
 EDGES = {"peak": "peak_step", "decline_start": "anti_grokking_start_step", "end": None}
 

@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-from antigrok.training.data import load_dataset
 from antigrok.report.long_run_report import write_report
 from antigrok.study.long_runs import AnalysisSettings, analyse, long_runs, restore, save_state, status_line
+from antigrok.training.data import load_dataset
 from antigrok.workflow_config import load_workflow_config
 
 log = logging.getLogger("antigrok.long_run")

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from antigrok.training.data import prepare_mnist
 from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.mechanism.confusion import confusion_table
 from antigrok.mechanism.figures import mechanism_figure_from_files
@@ -35,6 +34,7 @@ from antigrok.mechanism.prototypes import prototype_table
 from antigrok.mechanism.removal import RemovalSettings, removal_table
 from antigrok.mechanism.tables import write_mechanism_tables
 from antigrok.study.phases import PhaseThresholds, segment_phases
+from antigrok.training.data import prepare_mnist
 from antigrok.workflow_config import describe_experiment, load_workflow_config
 
 REPO = Path(__file__).resolve().parent.parent

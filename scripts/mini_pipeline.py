@@ -19,9 +19,9 @@ import torch
 
 from antigrok import htsr
 from antigrok.report import figures
+from antigrok.spectra import traps
 from antigrok.study import phases
 from antigrok.study import tables as summary
-from antigrok.spectra import traps
 from antigrok.training.batched import train_runs
 from antigrok.training.train import RunSpec, train_run
 

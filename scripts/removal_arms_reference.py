@@ -25,11 +25,11 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mechanism_reference import provenance_table  # noqa: E402  (the reference scripts share it)
 
-from antigrok.training.data import prepare_mnist  # noqa: E402
 from antigrok.files import write_csv_atomically, write_text_atomically  # noqa: E402
 from antigrok.mechanism.removal import RemovalSettings, removal_table  # noqa: E402
 from antigrok.mechanism.tables import removal_arms_by_run, removal_arms_markdown, removal_arms_summary  # noqa: E402
 from antigrok.runs import RUN_KEYS, read_run_files  # noqa: E402
+from antigrok.training.data import prepare_mnist  # noqa: E402
 from antigrok.workflow_config import load_workflow_config  # noqa: E402
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from antigrok.study.centred_trap_counts import centred_trap_summary, run_centred_traps
 from antigrok.files import write_csv_atomically
+from antigrok.study.centred_trap_counts import centred_trap_summary, run_centred_traps
 from antigrok.study.outcome_continuum import correlation_table, run_decline, run_statistics
 from antigrok.study.warning_rules import rules_from_config
 from antigrok.workflow_config import load_workflow_config

@@ -16,8 +16,8 @@ from antigrok.training import batched
 from antigrok.training.batched import BatchedTrainer, mlp_gradients, train_runs
 from antigrok.training.data import load_dataset
 from antigrok.training.models import build_model
-from antigrok.training.train import BatchOrder, NonFiniteLossError, RunSpec, load_checkpoint, train_run
 from antigrok.training.schedule import checkpoint_steps
+from antigrok.training.train import BatchOrder, NonFiniteLossError, RunSpec, load_checkpoint, train_run
 from conftest import REPO, SHARED_DATA, copy_workflow, requires_mnist
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

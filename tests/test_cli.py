@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from antigrok import htsr
 from antigrok import cli
+from antigrok import htsr
 
 
 def save_checkpoint(path: Path, step: int = 10, seed: int = 2, rows: int = 16) -> Path:

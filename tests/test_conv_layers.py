@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from antigrok import htsr
 from antigrok import cli
+from antigrok import htsr
 from antigrok.spectra import kernels
 from antigrok.spectra.primitives import layer_seed
 from antigrok.spectra.ww_engine import import_weightwatcher

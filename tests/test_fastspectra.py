@@ -15,8 +15,8 @@ import scipy.linalg
 import yaml
 from scipy import optimize
 
-from antigrok.spectra import fast_engine as fs
 from antigrok import htsr
+from antigrok.spectra import fast_engine as fs
 from antigrok.spectra import primitives as spectral
 from antigrok.spectra.ww_engine import import_weightwatcher
 

@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from antigrok.report import figures
-from antigrok.study import tables as summary
 from antigrok.spectra.primitives import mp_edges, mp_sigma_of_edge
+from antigrok.study import tables as summary
 
 STEPS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
 SEEDS = [0, 1]

@@ -18,11 +18,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from antigrok import htsr
 from antigrok import cli
+from antigrok import htsr
 from antigrok.formats import loading
-from antigrok.users.analyze import NOT_SELECTED, analyze_model, analyze_path
 from antigrok.training.train import load_checkpoint
+from antigrok.users.analyze import NOT_SELECTED, analyze_model, analyze_path
 
 ERROR = "antigrok analyze: error:"
 

@@ -19,10 +19,10 @@ from test_long_runs import SETTINGS, SMALL_EXPERIMENT, train_until_crash
 from antigrok.report import figures
 from antigrok.report import long_run_report
 from antigrok.report.long_run_report import PAPER_TABLES, RunStatus, write_report
+from antigrok.runs import read_run_files
 from antigrok.study.long_runs import analyse, long_runs
 from antigrok.study.paper import compare_with_paper, read_paper_tables
 from antigrok.study.phases import PhaseThresholds
-from antigrok.runs import read_run_files
 from antigrok.study.tables import TIDY_COLUMNS, table1_alpha, table2_traps, table4_mp_fit
 from antigrok.training.train import train_run
 from antigrok.workflow_config import load_workflow_config

@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 import torch
 
-from antigrok.study import long_runs
 from antigrok.htsr import write_spectra
+from antigrok.spectra.traps import write_traps
+from antigrok.study import long_runs
 from antigrok.study.long_runs import AnalysisSettings, LongRun, analyse, restore, save_state, status_line
 from antigrok.study.phases import PhaseThresholds, segment_phases
 from antigrok.study.progress import ProgressSettings, progress_for_checkpoints
 from antigrok.training.segments import progress_line, start_segment
 from antigrok.training.train import BatchOrder, RunSpec, SpeedMeter, train_run
-from antigrok.spectra.traps import write_traps
 from antigrok.workflow_config import load_workflow_config, run_settings
 
 ROOT = Path(__file__).resolve().parents[1]

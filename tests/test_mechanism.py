@@ -14,7 +14,8 @@ import torch
 import yaml
 from scipy.spatial.distance import jensenshannon
 
-from antigrok.spectra.fast_engine import marchenko_pastur_fit, random_esd_batch
+from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.centred_traps import centred_svd, centred_trap_count, centred_trap_indices
 from antigrok.mechanism.checkpoints import (
     edge_checkpoints,
     layer_inputs,
@@ -22,9 +23,11 @@ from antigrok.mechanism.checkpoints import (
     mlp_widths,
     outputs_from,
 )
-from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.confusion import CONFUSION_COLUMNS
 from antigrok.mechanism.confusion import confusion_rows, top_class_share
+from antigrok.mechanism.input_matched import SecondMoment, input_load, input_matched_rank_one, matched_direction
 from antigrok.mechanism.largest_weight import LARGEST_WEIGHT_COLUMNS, largest_weight_row, participation_fraction
+from antigrok.mechanism.mean_component import bias_compensation, compensation_residual, mean_component
 from antigrok.mechanism.prototypes import PROTOTYPE_COLUMNS, best_match, class_means, pixel_images, prototype_rows
 from antigrok.mechanism.removal import (
     REMOVAL_COLUMNS,
@@ -33,11 +36,8 @@ from antigrok.mechanism.removal import (
     js_divergence,
     removal_rows,
 )
-from antigrok.mechanism.centred_traps import centred_svd, centred_trap_count, centred_trap_indices
-from antigrok.mechanism.input_matched import SecondMoment, input_load, input_matched_rank_one, matched_direction
-from antigrok.mechanism.mean_component import bias_compensation, compensation_residual, mean_component
 from antigrok.mechanism.trap_components import layer_traps, shuffle_permutations, shuffled_svds
-from antigrok.mechanism.confusion import CONFUSION_COLUMNS
+from antigrok.spectra.fast_engine import marchenko_pastur_fit, random_esd_batch
 
 REPO = Path(__file__).resolve().parents[1]
 N, M = 400, 200  # W is (out=M, in=N) as torch stores fc layers: N the larger dimension

@@ -17,13 +17,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from antigrok import htsr
 from antigrok import cli
+from antigrok import htsr
 from antigrok.formats import loading
-from antigrok.spectra import primitives as spectral
-from antigrok.users.analyze import POOLED_TRAPS_NOTE, analyze_model
 from antigrok.formats.torchscript import is_torchscript_archive
+from antigrok.spectra import primitives as spectral
 from antigrok.spectra.ww_engine import import_weightwatcher
+from antigrok.users.analyze import POOLED_TRAPS_NOTE, analyze_model
 
 ERROR = "antigrok analyze: error:"
 

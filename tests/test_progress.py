@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from antigrok.training.models import build_model
 from antigrok.study.progress import (
     ProgressSettings,
     abs_weight_entropy,
@@ -22,6 +21,7 @@ from antigrok.study.progress import (
     pruning_masks,
     weight_matrices,
 )
+from antigrok.training.models import build_model
 
 
 class TinyMLP(nn.Module):

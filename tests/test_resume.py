@@ -18,8 +18,8 @@ import torch
 
 from antigrok.training import resume
 from antigrok.training.batched import train_runs
-from antigrok.training.train import BatchOrder, load_checkpoint, train_run
 from antigrok.training.schedule import checkpoint_steps
+from antigrok.training.train import BatchOrder, load_checkpoint, train_run
 from test_batched import SMALL_EXPERIMENT, small_dataset, specs_for
 from test_train import tiny_dataset, tiny_spec
 

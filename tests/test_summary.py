@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from conftest import dry_run_jobs, snakemake
 
+from antigrok.runs import parse_run_dir
 from antigrok.study.detector import (
     DETECTOR_COLUMNS,
     DETECTOR_SUMMARY_COLUMNS,
@@ -20,7 +21,6 @@ from antigrok.study.detector import (
     write_detector_tables,
 )
 from antigrok.study.tables import TIDY_COLUMNS, average_alpha_rows, table1_alpha, table2_traps, write_paper_tables
-from antigrok.runs import parse_run_dir
 
 CHECKPOINTS = [0, 10, 100, 1000, 10000]
 LABELS = {  # per seed of (exp, wd 0.0): the phase of each logged step (5000 is logged, not a checkpoint)

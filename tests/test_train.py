@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from antigrok.training.models import build_model
-from antigrok.training.train import BatchOrder, NonFiniteLossError, RunSpec, load_checkpoint, train_run
 from antigrok.training.schedule import checkpoint_steps, log_steps
+from antigrok.training.train import BatchOrder, NonFiniteLossError, RunSpec, load_checkpoint, train_run
 
 TINY_EXPERIMENT = {
     "dataset": {"name": "mnist"},

@@ -4,11 +4,11 @@ import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from antigrok.study.detector import DEFAULT_DETECTOR
 from antigrok.mechanism.removal import RemovalSettings
+from antigrok.schema import SCHEMA, section_defaults
+from antigrok.study.detector import DEFAULT_DETECTOR
 from antigrok.study.phases import PhaseThresholds
 from antigrok.study.progress import ProgressSettings
-from antigrok.schema import SCHEMA, section_defaults
 from antigrok.training.train import RunSpec
 from antigrok.workflow_config import (
     batched_unsupported_reason,

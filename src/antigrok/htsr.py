@@ -94,10 +94,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from antigrok.spectra.fast_engine import analyze_layer_fast, centered_random_esd
 from antigrok.files import write_csv_atomically
 from antigrok.formats.loading import read_checkpoint, to_float64
 from antigrok.runs import checkpoint_files, refuse_held_elsewhere
+from antigrok.spectra.fast_engine import analyze_layer_fast, centered_random_esd
 from antigrok.spectra.primitives import CENTERED_RAND_EVALS, layer_name, layer_seed, save_spectra, spectrum_key
 from antigrok.spectra.traps import compute_traps
 from antigrok.spectra.ww_engine import (

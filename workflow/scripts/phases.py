@@ -1,5 +1,5 @@
-from antigrok.study.phases import PhaseThresholds, write_phases
 from antigrok.runlog import to_log_file
+from antigrok.study.phases import PhaseThresholds, write_phases
 
 params = snakemake.params
 with to_log_file(snakemake.log[0]):

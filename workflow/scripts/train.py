@@ -3,8 +3,8 @@ from pathlib import Path
 
 import torch
 
-from antigrok.training.data import load_dataset
 from antigrok.runlog import log_slurm_allocation, to_log_file
+from antigrok.training.data import load_dataset
 from antigrok.training.train import RunSpec, train_run
 
 wc, params = snakemake.wildcards, snakemake.params

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from antigrok.training.models import MLP
-from antigrok.study.phases import edges_from_phases
 from antigrok.runs import checkpoint_files, nearest_checkpoint_step
+from antigrok.study.phases import edges_from_phases
+from antigrok.training.models import MLP
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 
 from antigrok.files import write_csv_atomically
-from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, mlp_from_state_dict
 from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, mlp_from_state_dict
 
 CONFUSION_COLUMNS = ["edge", "edge_step", "step", "inputs", "true_class", "predicted_class", "count"]
 

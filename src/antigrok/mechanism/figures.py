@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from antigrok.report.figures import read_run_tables, save_figure, seed_of, set_step_axis, shade_phases
-from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints
 from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints
 from antigrok.mechanism.prototypes import best_match, class_means, pixel_images, top_rows
 from antigrok.mechanism.removal import CONDITIONS
+from antigrok.report.figures import read_run_tables, save_figure, seed_of, set_step_axis, shade_phases
 
 log = logging.getLogger(__name__)
 DPI = 150

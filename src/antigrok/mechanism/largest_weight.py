@@ -30,8 +30,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
-from antigrok.mechanism.checkpoints import checkpoint_paths, layer_names, weight_matrix
 from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.checkpoints import checkpoint_paths, layer_names, weight_matrix
 from antigrok.mechanism.trap_components import LayerTraps, layer_traps
 from antigrok.spectra.primitives import layer_seed
 

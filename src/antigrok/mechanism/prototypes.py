@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 
 from antigrok.files import write_csv_atomically
-from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, layer_names, weight_matrix
 from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, layer_names, weight_matrix
 
 log = logging.getLogger(__name__)
 

@@ -66,6 +66,8 @@ import torch
 from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
+from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.centred_traps import centred_svd, centred_trap_indices
 from antigrok.mechanism.checkpoints import (
     checkpoint_paths,
     edge_checkpoints,
@@ -74,8 +76,6 @@ from antigrok.mechanism.checkpoints import (
     outputs_from,
     weight_matrix,
 )
-from antigrok.formats.loading import read_state_dict
-from antigrok.mechanism.centred_traps import centred_svd, centred_trap_indices
 from antigrok.mechanism.input_matched import SecondMoment, input_load, input_loads, input_matched_rank_one
 from antigrok.mechanism.mean_component import bias_compensation, mean_component
 from antigrok.mechanism.trap_components import LayerTraps, ShuffledSVD, layer_traps, unshuffle

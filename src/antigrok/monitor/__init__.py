@@ -44,7 +44,6 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from antigrok.study.detector import SPECTRAL_ALARMS
 from antigrok.htsr import (
     DEFAULT_ENGINE,
     HTSR_COLUMNS,
@@ -53,8 +52,9 @@ from antigrok.htsr import (
     state_dict_skip_reasons,
     weight_matrices,
 )
-from antigrok.spectra.ww_engine import MIN_EVALS
 from antigrok.monitor.alarms import Alarm, AlarmWatch, RuleAlarm, RuleWatch
+from antigrok.spectra.ww_engine import MIN_EVALS
+from antigrok.study.detector import SPECTRAL_ALARMS
 from antigrok.study.progress import l2_norm
 from antigrok.study.warning_rules import WarningRule
 

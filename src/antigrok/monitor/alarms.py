@@ -24,8 +24,8 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from antigrok.study.detector import SPECTRAL_ALARMS, firing_steps, spectral_conditions
 from antigrok.spectra.primitives import mean_alpha
+from antigrok.study.detector import SPECTRAL_ALARMS, firing_steps, spectral_conditions
 from antigrok.study.rule_worth import worth_line
 from antigrok.study.warning_rules import MODEL, STATISTICS, WarningRule, rule_firings, rules_from_config, statistic_table
 

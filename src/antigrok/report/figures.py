@@ -29,8 +29,8 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from antigrok.files import write_atomically
 from antigrok import runs
+from antigrok.files import write_atomically
 from antigrok.spectra.primitives import mp_edges, mp_sigma_of_edge, spectrum_key
 from antigrok.study.detector import FALSE_ALARM_OUTCOMES
 from antigrok.study.detector import OUTCOMES as DETECTOR_OUTCOMES

@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from antigrok.files import write_csv_atomically, write_text_atomically
+from antigrok.formats.loading import read_state_dict
+from antigrok.htsr import analyze_weights, weight_matrices
 from antigrok.report.figures import (
     accuracy_figure_from_files,
     alpha_figure_from_files,
@@ -43,14 +46,11 @@ from antigrok.report.figures import (
     progress_figure_from_files,
     save_figure,
 )
-from antigrok.files import write_csv_atomically, write_text_atomically
-from antigrok.htsr import analyze_weights, weight_matrices
-from antigrok.formats.loading import read_state_dict
+from antigrok.runs import read_run_files
+from antigrok.schema import REPO
+from antigrok.spectra.primitives import read_htsr, save_spectra
 from antigrok.study.long_runs import EDGE_COLUMNS, LongRun
 from antigrok.study.paper import compare_with_paper, comparison_markdown, read_paper_tables
-from antigrok.schema import REPO
-from antigrok.runs import read_run_files
-from antigrok.spectra.primitives import read_htsr, save_spectra
 from antigrok.study.tables import TABLE_CAPTION, table1_alpha, table2_traps, table4_mp_fit, tidy_to_markdown
 from antigrok.workflow_config import describe_experiment, format_weight_decay
 

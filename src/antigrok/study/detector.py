@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from antigrok.files import write_csv_atomically, write_text_atomically
-from antigrok.study.phases import edges_from_phases
 from antigrok.runs import RUN_KEYS, read_run_files
 from antigrok.schema import section_defaults
 from antigrok.spectra.primitives import mean_alpha
+from antigrok.study.phases import edges_from_phases
 from antigrok.table_format import frame_to_markdown
 
 log = logging.getLogger(__name__)

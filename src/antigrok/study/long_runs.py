@@ -34,16 +34,16 @@ from pathlib import Path
 import pandas as pd
 
 from antigrok.files import write_atomically, write_csv_atomically, write_safetensors
-from antigrok.htsr import analyze_checkpoint, htsr_table
 from antigrok.formats.loading import read_checkpoint, safe_torch_load
+from antigrok.htsr import analyze_checkpoint, htsr_table
+from antigrok.runs import CHECKPOINTS, checkpoint_files, checkpoint_path, nearest_checkpoint_step, write_held_elsewhere
+from antigrok.spectra.traps import compute_traps
 from antigrok.study.phases import PhaseThresholds, segment_phases
 from antigrok.study.progress import ProgressSettings, progress_for_checkpoints
 from antigrok.training.resume import RESUME_DIR, STATE_FILE
-from antigrok.runs import CHECKPOINTS, checkpoint_files, checkpoint_path, nearest_checkpoint_step, write_held_elsewhere
 from antigrok.training.schedule import checkpoint_steps
 from antigrok.training.segments import progress_line, segments_table
 from antigrok.training.train import TRAIN_LOG_COLUMNS, RunSpec
-from antigrok.spectra.traps import compute_traps
 from antigrok.workflow_config import format_weight_decay, run_settings
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,11 @@ from torch import nn
 from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
-from antigrok.training.models import build_model, relu_modules
+from antigrok.formats.loading import read_checkpoint
 from antigrok.runs import checkpoint_files, refuse_held_elsewhere
 from antigrok.schema import section_defaults
 from antigrok.spectra.primitives import layer_name
-from antigrok.formats.loading import read_checkpoint
+from antigrok.training.models import build_model, relu_modules
 
 log = logging.getLogger(__name__)
 

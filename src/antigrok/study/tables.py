@@ -1,6 +1,6 @@
 """Across runs: the paper's tables (seed mean +/- std at the right edge of each phase), the phase
-edges table and the HTML pages of tables for the report. The early-warning detector is
-antigrok.study.detector (its names are re-exported here, where they lived before).
+edges table and the HTML pages of tables for the report (the detector's tables are
+antigrok.study.detector's).
 
 Inputs are the per-run files of the contract (htsr.csv, traps.csv, progress.csv, phases.csv);
 the run (experiment, weight decay, seed) of a file is read from its path
@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from antigrok.files import write_csv_atomically, write_text_atomically
-from antigrok.study.phases import PHASES, edges_from_phases, smoothed_test_acc_at
 from antigrok.runs import RUN_KEYS, parse_run_dir, read_run_files
 from antigrok.spectra.primitives import mean_alpha
+from antigrok.study.phases import PHASES, edges_from_phases, smoothed_test_acc_at
 from antigrok.table_format import format_cell, frame_to_html, frame_to_markdown, markdown_table
 
 log = logging.getLogger(__name__)

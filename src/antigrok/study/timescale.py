@@ -24,10 +24,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from antigrok.files import write_atomically
-from antigrok.study.phases import smoothed_test_acc_at
-from antigrok.table_format import format_number, markdown_table
 from antigrok.runs import RUN_KEYS, read_run_files
+from antigrok.study.phases import smoothed_test_acc_at
 from antigrok.study.tables import average_alpha_rows
+from antigrok.table_format import format_number, markdown_table
 
 TIMESCALE_COLUMNS = [
     "experiment", "lr", "weight_decay", "seed", "steps",

@@ -37,7 +37,7 @@ import pandas as pd
 from scipy import stats
 
 from antigrok.files import write_csv_atomically, write_text_atomically
-from antigrok.study.phases import edges_from_phases
+from antigrok.runs import RUN_KEYS, read_run_files
 from antigrok.study.detector import (
     DEFAULT_DETECTOR,
     accuracy_at,
@@ -47,7 +47,7 @@ from antigrok.study.detector import (
     firing_steps,
     lead_decades,
 )
-from antigrok.runs import RUN_KEYS, read_run_files
+from antigrok.study.phases import edges_from_phases
 
 # statistic -> (file it comes from, column or derivation, per layer?)
 STATISTICS = {

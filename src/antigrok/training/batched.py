@@ -40,7 +40,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from antigrok.runs import checkpoint_path
 from antigrok.training.models import DTYPES, build_model
+from antigrok.training.resume import Resume
 from antigrok.training.train import (
     BatchOrder,
     RunSpec,
@@ -52,8 +54,6 @@ from antigrok.training.train import (
     run_loop,
     save_checkpoint,
 )
-from antigrok.training.resume import Resume
-from antigrok.runs import checkpoint_path
 from antigrok.workflow_config import batched_unsupported_reason
 
 log = logging.getLogger(__name__)

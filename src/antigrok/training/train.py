@@ -35,14 +35,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from antigrok.training.fast_mlp_step import FastMLPStep, unsupported_reason
 from antigrok.files import write_atomically
 from antigrok.formats.loading import read_checkpoint
+from antigrok.schema import section_defaults
+from antigrok.training.fast_mlp_step import FastMLPStep, unsupported_reason
 from antigrok.training.models import DTYPES, build_model
 from antigrok.training.resume import Resume, RunFiles
-from antigrok.schema import section_defaults
-from antigrok.training.segments import advance_segment, progress_line, segments_table, start_segment
 from antigrok.training.schedule import checkpoint_steps, log_steps
+from antigrok.training.segments import advance_segment, progress_line, segments_table, start_segment
 
 log = logging.getLogger(__name__)
 

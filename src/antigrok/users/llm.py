@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from antigrok.users.analyze import ALPHA_CRITICAL, SKIPPED_COLUMNS, analyze_model
-from antigrok.spectra.primitives import layer_name
 from antigrok.formats.loading import ModelSource, model_openers
+from antigrok.spectra.primitives import layer_name
+from antigrok.users.analyze import ALPHA_CRITICAL, SKIPPED_COLUMNS, analyze_model
 
 OTHER_PART = "other"
 BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
