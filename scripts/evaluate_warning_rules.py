@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from antigrok.report.statistic_figures import write_statistic_figures
+from antigrok.runs import RUN_FOLDERS
 from antigrok.study.warning_rules import write_rule_tables
 from antigrok.workflow_config import describe_experiment, load_workflow_config
 
@@ -30,7 +31,7 @@ INPUTS = ("htsr.csv", "traps.csv", "progress.csv", "phases.csv")
 
 
 def complete_runs(folder: Path) -> tuple[list[Path], list[Path]]:
-    runs = sorted(path for path in folder.glob("runs/*/wd*/seed*") if path.is_dir())
+    runs = sorted(path for path in (folder / "runs").glob(RUN_FOLDERS) if path.is_dir())
     complete = [run for run in runs if all((run / name).exists() for name in INPUTS)]
     return complete, [run for run in runs if run not in complete]
 

@@ -33,6 +33,7 @@ from antigrok.mechanism.largest_weight import largest_weight_table
 from antigrok.mechanism.prototypes import prototype_table
 from antigrok.mechanism.removal import RemovalSettings, removal_table
 from antigrok.mechanism.tables import write_mechanism_tables
+from antigrok.runs import RUN_FOLDERS
 from antigrok.study.phases import PhaseThresholds, segment_phases
 from antigrok.training.data import prepare_mnist
 from antigrok.workflow_config import describe_experiment, load_workflow_config
@@ -44,7 +45,7 @@ FIGURES = ["prototypes", "largest_weight", "trap_removal", "shuffled_confusion"]
 
 
 def finished_runs(folder: Path) -> list[Path]:
-    runs = sorted(path for path in folder.glob("*/wd*/seed*") if (path / "train_log.csv").is_file()
+    runs = sorted(path for path in folder.glob(RUN_FOLDERS) if (path / "train_log.csv").is_file()
                   and (path / "checkpoints").is_dir())
     if not runs:
         raise SystemExit(f"{folder}: no finished run ({{experiment}}/wd{{wd}}/seed{{seed}}/ with train_log.csv "

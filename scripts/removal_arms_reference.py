@@ -28,12 +28,12 @@ from mechanism_reference import provenance_table  # noqa: E402  (the reference s
 from antigrok.files import write_csv_atomically, write_text_atomically  # noqa: E402
 from antigrok.mechanism.removal import RemovalSettings, removal_table  # noqa: E402
 from antigrok.mechanism.tables import removal_arms_by_run, removal_arms_markdown, removal_arms_summary  # noqa: E402
-from antigrok.runs import RUN_KEYS, read_run_files  # noqa: E402
+from antigrok.runs import RUN_FOLDERS, RUN_KEYS, read_run_files  # noqa: E402
 from antigrok.training.data import prepare_mnist  # noqa: E402
 from antigrok.workflow_config import load_workflow_config  # noqa: E402
 
 
-def study_runs(study: Path, pattern: str = "*/wd*/seed*") -> list[Path]:
+def study_runs(study: Path, pattern: str = RUN_FOLDERS) -> list[Path]:
     runs = sorted(path for path in study.glob(f"runs/{pattern}") if (path / "phases.csv").is_file()
                   and (path / "checkpoints").is_dir())
     if not runs:
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", default=None, help="MNIST root (default: the config's data.root)")
     parser.add_argument("--draws", type=int, help="draws of each random arm (default: the config's removal_draws)")
     parser.add_argument("--layers-only", action="store_true", help="per layer only, not all layers at once")
-    parser.add_argument("--runs", default="*/wd*/seed*", help="which runs of each study (a glob under runs/)")
+    parser.add_argument("--runs", default=RUN_FOLDERS, help="which runs of each study (a glob under runs/)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep a run's trap_removal.csv already under --out (written by this command with "
                              "the same code, e.g. by an interrupted or parallel invocation) instead of recomputing it")

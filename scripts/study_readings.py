@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from antigrok.files import write_csv_atomically
+from antigrok.runs import RUN_FOLDERS
 from antigrok.study.centred_trap_counts import centred_trap_summary, run_centred_traps
 from antigrok.study.outcome_continuum import correlation_table, run_decline, run_statistics
 from antigrok.study.warning_rules import rules_from_config
@@ -37,7 +38,7 @@ EQUAL_SETTINGS_WEIGHT_DECAY = 0.003  # the probe's six runs: one arm of equal se
 
 
 def study_runs(study: Path) -> list[Path]:
-    runs = sorted((path for path in study.glob("runs/*/wd*/seed*") if all((path / name).is_file() for name in INPUTS)),
+    runs = sorted((path for path in (study / "runs").glob(RUN_FOLDERS) if all((path / name).is_file() for name in INPUTS)),
                   key=lambda path: (path.parent.parent.name, path.parent.name, int(path.name.removeprefix("seed"))))
     if not runs:
         raise SystemExit(f"{study}: no runs/{{experiment}}/wd{{wd}}/seed{{seed}}/ with {', '.join(INPUTS)}")

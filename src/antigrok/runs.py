@@ -21,6 +21,7 @@ from antigrok.files import write_text_atomically
 RUN_KEYS = ["experiment", "weight_decay", "seed"]
 RESULTS = "results"
 RUN_DIR = RESULTS + "/runs/{experiment}/wd{weight_decay}/seed{seed}"  # a Snakemake pattern too
+RUN_FOLDERS = "*/wd*/seed*"  # the glob of the run folders below a runs/ folder
 CHECKPOINTS = "checkpoints"  # a run's checkpoint folder, below RUN_DIR
 TRAIN_LOG = "train_log.csv"
 HTSR_CSV = "htsr.csv"
