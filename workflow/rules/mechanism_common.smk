@@ -2,7 +2,13 @@
 MECHANISM = config["mechanism"]
 # The keys of the mechanism section that the trap-removal test reads (RemovalSettings.from_config):
 # only a change to these reruns it.
-REMOVAL_KEYS = ("removal_edges", "probe_inputs", "probe_std", "removal_draws", "removal_seed")
+REMOVAL_KEYS = (
+    "removal_edges",
+    "probe_inputs",
+    "probe_std",
+    "removal_draws",
+    "removal_seed",
+)
 
 
 def mechanism_experiments():
