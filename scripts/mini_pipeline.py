@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from antigrok import htsr
-from antigrok.report import figures
 from antigrok.spectra import traps
 from antigrok.study import phases
 from antigrok.study import tables as summary
@@ -76,7 +75,7 @@ def main(out: Path) -> None:
         phases.write_phases(run_dir / "train_log.csv", run_dir / "phases.csv", thresholds)
 
     tables = out / "tables"
-    figures.write_phase_edges([d / "phases.csv" for d in run_dirs], tables / "phase_edges.csv",
+    summary.write_phase_edges([d / "phases.csv" for d in run_dirs], tables / "phase_edges.csv",
                               tables / "phase_edges.html", tables / "phase_edges.md")
     experiments = ["small", "small_plain", "small_batched"]
     outputs = {f"{name}_{kind}": tables / f"{name}.{kind}" for name in ("table1", "table2", "table4")

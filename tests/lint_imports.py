@@ -179,7 +179,7 @@ def passed_on_imports(source: str, src: Path = REPO / "src") -> list[tuple[int, 
                 elif alias.name in imported and alias.name not in public:
                     findings.append((node.lineno, f"from {node.module} import {alias.name}"))
                 elif alias.name not in defined | imported and alias.name != "*":
-                    findings.append((node.lineno, f"from {node.module} import {alias.name}: it has no such name"))
+                    findings.append((node.lineno, f"from {node.module} import {alias.name}: {node.module} has no such name"))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith(PACKAGE + ".") and alias.asname:
@@ -193,6 +193,8 @@ def passed_on_imports(source: str, src: Path = REPO / "src") -> list[tuple[int, 
             defined, imported, public = _module_names(path)
             if node.attr in imported and node.attr not in public:
                 findings.append((node.lineno, f"{node.value.id}.{node.attr} (imported by {module})"))
+            elif node.attr not in defined | imported and not node.attr.startswith("__"):
+                findings.append((node.lineno, f"{node.value.id}.{node.attr}: {module} has no such name"))
     return findings
 
 
@@ -202,7 +204,10 @@ def lint(paths=None) -> list[str]:
         source = path.read_text(encoding="utf-8")
         shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
         for line, what in passed_on_imports(source):
-            problems.append(f"{shown}:{line}: not imported from the module that defines it: {what}")
+            if what.endswith("has no such name"):
+                problems.append(f"{shown}:{line}: {what}")
+            else:
+                problems.append(f"{shown}:{line}: not imported from the module that defines it: {what}")
         for line, name in unused_imports(source, is_init=path.name == "__init__.py"):
             problems.append(f"{shown}:{line}: {name} imported but unused (import it where it is used)")
         for line, what in private_imports(source):

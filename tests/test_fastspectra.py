@@ -236,7 +236,7 @@ def test_mp_ks_test_equals_scipys_kstest():
         rand_evals = np.sort(fs.esd_batch(rng(11).standard_normal(shape)))
         N, M = max(shape), min(shape)
         got = spectral.mp_ks_test(rand_evals, N, M, sigma)
-        assert spectral.mp_ks_test is spectral.mp_ks_test and htsr.mp_ks_test is spectral.mp_ks_test
+        assert spectral.mp_ks_test is spectral.mp_ks_test and spectral.mp_ks_test is spectral.mp_ks_test
         if math.isnan(sigma):
             assert all(math.isnan(v) for v in got)
             continue

@@ -13,6 +13,7 @@ from matplotlib.image import imread
 from antigrok.report import figures
 from antigrok.spectra.primitives import mp_edges, mp_sigma_of_edge
 from antigrok.study import tables as summary
+from antigrok.study.detector import alarm_outcome
 
 STEPS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
 SEEDS = [0, 1]
@@ -111,7 +112,7 @@ def synthetic_detectors(collapse_step=1000) -> pd.DataFrame:
             alarm_step = {"alpha_below_critical": 500, "alpha_and_trap": 2000, "l2_norm": 5}.get(alarm, 700)
             firings = [alarm_step] if fired else []
             rows.append({"experiment": "mnist_mlp", "weight_decay": 0.0, "seed": seed, "alarm": alarm,
-                         **summary.alarm_outcome(firings, fit_step=1, peak_step=200, collapse_step=collapse),
+                         **alarm_outcome(firings, fit_step=1, peak_step=200, collapse_step=collapse),
                          "threshold": 2.0})
     return pd.DataFrame(rows).astype({"collapse_step": float, "alarm_step": float})
 
@@ -379,7 +380,7 @@ def test_figures_from_files_write_png_and_pdf(tmp_path):
 def test_phase_edges_table(tmp_path):
     files = write_synthetic_runs(tmp_path)
     csv, html = tmp_path / "phase_edges.csv", tmp_path / "phase_edges.html"
-    figures.write_phase_edges(files["phases"], csv, html)
+    summary.write_phase_edges(files["phases"], csv, html)
     edges = pd.read_csv(csv)
     assert edges[["experiment", "weight_decay", "seed"]].values.tolist() == [["mnist_mlp", 0.0, 0], ["mnist_mlp", 0.0, 1]]
     assert edges["peak_step"].tolist() == [200, 500]
@@ -390,6 +391,6 @@ def test_phase_edges_table(tmp_path):
 def test_table_html_keeps_every_row(tmp_path):
     csv, html = tmp_path / "detectors.csv", tmp_path / "detectors.html"
     synthetic_detectors().to_csv(csv, index=False)
-    figures.write_table_html(csv, html, title="detectors")
+    summary.write_table_html(csv, html, title="detectors")
     text = html.read_text()
     assert text.count("<tr") == len(synthetic_detectors()) + 1  # the header row and one per row

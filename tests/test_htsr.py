@@ -160,7 +160,7 @@ def test_layer_seed_is_stable_and_distinct():
 
 @pytest.mark.parametrize("Q, sigma", [(1.0, 1.0), (1.5, 0.7), (3.92, 1.0), (20.0, 2.0)])
 def test_mp_cdf_integrates_the_mp_density(Q, sigma):
-    lam_minus, lam_plus = htsr.mp_edges(Q, sigma)
+    lam_minus, lam_plus = spectral.mp_edges(Q, sigma)
 
     def density(x):  # paper Eq. 3
         return Q / (2 * np.pi * sigma**2 * x) * np.sqrt(max((lam_plus - x) * (x - lam_minus), 0.0))
@@ -168,22 +168,22 @@ def test_mp_cdf_integrates_the_mp_density(Q, sigma):
     points = np.linspace(lam_minus, lam_plus, 9)[1:-1]
     for x in points:
         expected, _ = integrate.quad(density, lam_minus, x, limit=200)
-        assert htsr.mp_cdf(x, Q, sigma) == pytest.approx(expected, abs=1e-7)
-    assert htsr.mp_cdf(lam_minus * 0.5, Q, sigma) == 0.0
-    assert htsr.mp_cdf(lam_plus * 1.01, Q, sigma) == pytest.approx(1.0)
-    assert np.all(np.diff(htsr.mp_cdf(np.linspace(0, lam_plus * 1.1, 200), Q, sigma)) >= 0)
+        assert spectral.mp_cdf(x, Q, sigma) == pytest.approx(expected, abs=1e-7)
+    assert spectral.mp_cdf(lam_minus * 0.5, Q, sigma) == 0.0
+    assert spectral.mp_cdf(lam_plus * 1.01, Q, sigma) == pytest.approx(1.0)
+    assert np.all(np.diff(spectral.mp_cdf(np.linspace(0, lam_plus * 1.1, 200), Q, sigma)) >= 0)
 
 
 def test_mp_ks_test_rejects_a_wrong_law_and_accepts_mp_samples():
     rng = np.random.default_rng(3)
     W = rng.standard_normal((400, 100))
     evals = np.linalg.svd(W, compute_uv=False) ** 2
-    _, p_right = htsr.mp_ks_test(evals, 400, 100, 1.0)
-    _, p_wrong = htsr.mp_ks_test(evals, 400, 100, 1.3)
+    _, p_right = spectral.mp_ks_test(evals, 400, 100, 1.0)
+    _, p_wrong = spectral.mp_ks_test(evals, 400, 100, 1.3)
     assert p_right > 0.05 > p_wrong
     # fastspectra passes its MP fit as a mapping.
-    assert htsr.mp_ks_test(evals, 400, 100, {"rand_sigma_mp": 1.0})[1] == p_right
-    assert all(math.isnan(v) for v in htsr.mp_ks_test(evals, 400, 100, math.nan))
+    assert spectral.mp_ks_test(evals, 400, 100, {"rand_sigma_mp": 1.0})[1] == p_right
+    assert all(math.isnan(v) for v in spectral.mp_ks_test(evals, 400, 100, math.nan))
 
 
 # --------------------------------------------------------------------------- WeightWatcher, directly
@@ -342,9 +342,9 @@ def test_checkpoints_serial_and_parallel_give_the_same_files(tmp_path):
 
     # write_spectra in 2 worker processes: its files hold the same numbers, bit for bit.
     htsr.write_spectra(checkpoints, tmp_path / "htsr.csv", tmp_path / "spectra.npz", run_seed=2, threads=2)
-    written = htsr.read_htsr(tmp_path / "htsr.csv")
+    written = spectral.read_htsr(tmp_path / "htsr.csv")
     pd.testing.assert_frame_equal(written[columns], serial[columns], check_dtype=False)
-    stored = htsr.load_spectra(tmp_path / "spectra.npz")
+    stored = spectral.load_spectra(tmp_path / "spectra.npz")
     assert sorted(stored) == sorted(serial_arrays)
     assert all(np.array_equal(stored[key], serial_arrays[key]) for key in serial_arrays)
     numbers = written[NO_MINUS_ONE_COLUMNS].to_numpy(dtype=float)

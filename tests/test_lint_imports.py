@@ -42,7 +42,9 @@ def test_the_lint_finds_a_name_taken_from_a_module_that_only_imports_it(tmp_path
         (1, "from antigrok.high import helper"), (3, "high.helper (imported by antigrok.high)")]
     assert lint_imports.passed_on_imports("from antigrok.low import helper\n", src=tmp_path) == []
     assert lint_imports.passed_on_imports("from antigrok.low import gone\n", src=tmp_path) == [
-        (1, "from antigrok.low import gone: it has no such name")]
+        (1, "from antigrok.low import gone: antigrok.low has no such name")]
+    assert lint_imports.passed_on_imports("from antigrok import low\nlow.gone()\n", src=tmp_path) == [
+        (2, "low.gone: antigrok.low has no such name")]
 
 
 def test_the_command_line_fails_on_a_planted_violation(tmp_path):
