@@ -4,6 +4,7 @@ from snakemake.utils import min_version, validate
 
 from antigrok.workflow_config import (
     batched_unsupported_reason,
+    describe_experiment,
     format_weight_decay,
     overlay_experiments,
     run_settings,

@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from antigrok.fastspectra import centered_random_esd
 from antigrok.htsr import analyze_layer
+from antigrok.spectra.fast_engine import centered_random_esd
 
 
 def cpu_seconds(function) -> float:

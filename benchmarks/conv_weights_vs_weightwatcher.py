@@ -1,6 +1,6 @@
 """antigrok's numbers for the layers of real state_dict files beside WeightWatcher 0.7.5.5's own.
 
-For each file: ``antigrok.analyze.analyze_path`` (what ``antigrok analyze`` writes), then, for every
+For each file: ``antigrok.users.analyze.analyze_path`` (what ``antigrok analyze`` writes), then, for every
 analysed layer, ``WeightWatcher(model={"<layer>.weight": tensor}).analyze(randomize=True,
 fix_fingers="clip_xmax")`` with the global NumPy RNG seeded as antigrok seeds that layer
 (``layer_seed(0, 0, layer)``). Prints alpha and the trap count of both, and the largest relative
@@ -20,10 +20,10 @@ import warnings
 
 import numpy as np
 
-from antigrok.analyze import analyze_path
-from antigrok.loading import read_checkpoint
-from antigrok.spectral import layer_seed
-from antigrok.weightwatcher_engine import _weightwatcher
+from antigrok.formats.loading import read_checkpoint
+from antigrok.spectra.primitives import layer_seed
+from antigrok.spectra.ww_engine import import_weightwatcher
+from antigrok.users.analyze import analyze_path
 
 
 def weightwatcher_row(ww, name: str, tensor, seed: int):
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="state_dict files (.pt)")
     args = parser.parse_args()
-    ww = _weightwatcher()
+    ww = import_weightwatcher()
     for path in args.paths:
         start = time.perf_counter()
         table, skipped = analyze_path(path)

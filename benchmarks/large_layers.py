@@ -39,8 +39,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from antigrok import fastspectra as fs
 from antigrok import htsr
+from antigrok.spectra import fast_engine as fs
+from antigrok.spectra import primitives as spectral
+from antigrok.spectra.ww_engine import import_weightwatcher
 
 DEFAULT_SHAPES = "4096x11008,2880x5760,2880x2880"
 EXPERT_SHAPE = "2880x2880"  # gpt-oss-20b and -120b: hidden 2880, intermediate 2880
@@ -115,7 +117,7 @@ def fast_phases(weight: np.ndarray, seed: int) -> dict[str, tuple[float, float]]
     with fs.blas_threads_for(weight.shape):
         evals = timed("eigenvalues of W (esd_batch)", lambda: fs.esd_batch(stack))
         gram = timed("  of which: Gram matrix product", lambda: smaller_gram(weight))
-        timed("  of which: eigvalsh", lambda: fs._symmetric_eigenvalues(gram, big))
+        timed("  of which: eigvalsh", lambda: fs.symmetric_eigenvalues(gram, big))
         del gram
         shuffled = timed("shuffle (WeightWatcher's draws)", lambda: fs.shuffled_stack(stack, [seed]))
         rand_evals = timed("eigenvalues of W_rand", lambda: fs.random_esd_batch(stack, [seed], shuffled=shuffled))
@@ -190,7 +192,7 @@ def main(argv=None) -> dict:
         threadpool_limits(args.threads)
         torch.set_num_threads(args.threads)
     if "weightwatcher" in engines:
-        htsr._weightwatcher()  # its import (~4 s) is not timed
+        import_weightwatcher()  # its import (~4 s) is not timed
     blas = ", ".join(f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info()
                      if i["user_api"] == "blas")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
@@ -203,7 +205,7 @@ def main(argv=None) -> dict:
     for rows, cols in shapes:
         shape = f"{rows}x{cols}"
         weight = synthetic_layer(rows, cols, args.seed)
-        seed = htsr.layer_seed(args.seed, 0, f"synthetic_{shape}")
+        seed = spectral.layer_seed(args.seed, 0, f"synthetic_{shape}")
         entry = report[shape] = {"engines": {}}
         if engines:
             print(header)

@@ -14,7 +14,7 @@ each full batch and mini-batch (``--batches``; 512 = Verma's), float32 and float
 with float64 logits (``model.logits_dtype``) and the MSE loss at float32 (``--precisions``; the MSE
 loss at float64, the MLP's recipe, on request).
 
-A step is timed exactly as ``train_run`` takes it: ``antigrok.train.SingleRun`` (model, AdamW, batch
+A step is timed exactly as ``train_run`` takes it: ``antigrok.training.train.SingleRun`` (model, AdamW, batch
 order, step object) advanced ``--steps`` steps, ``--repeats`` times, after ``--warmup`` untimed steps.
 Evaluation (the train_log.csv row: loss and accuracy on every train and test pair) is timed
 ``--eval-repeats`` times. Both are measured in process CPU time (``time.process_time``) and wall time
@@ -44,11 +44,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from antigrok.data import prepare_modadd
-from antigrok.schedule import log_steps
-from antigrok.train import RunSpec, SingleRun, evaluation_row
+from antigrok.training.data import prepare_modadd
+from antigrok.training.schedule import log_steps
+from antigrok.training.train import RunSpec, SingleRun, evaluation_row
+from antigrok.workflow_config import load_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_PER_DECADE, CHECKPOINT_PER_DECADE = 60, 20
@@ -74,7 +74,7 @@ def experiment(size: str, precision: str, batch_size: int | None) -> dict:
     """config.yaml's modadd_transformer at ``size`` and ``precision``; full batch when batch_size is None."""
     modulus, fraction, d_model, d_mlp, num_layers, layer_norm = SIZES[size]
     dtype, logits_dtype, loss = PRECISIONS[precision]
-    base = yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]["modadd_transformer"]
+    base = load_workflow_config()["experiments"]["modadd_transformer"]
     settings = copy.deepcopy(base)
     settings["dataset"].update(modulus=modulus, train_fraction=fraction)
     settings["model"].update(d_vocab=modulus + 1, d_model=d_model, num_heads=4, d_head=d_model // 4,

@@ -3,7 +3,7 @@
 Each candidate is config.yaml's ``modadd_transformer`` (Nanda et al.'s 1-layer transformer: no
 LayerNorm, ReLU MLP, learned positions, AdamW betas (0.9, 0.98), warm-up 10, full batch) with a
 few keys changed (modulus p, train fraction, d_model, d_mlp, lr, dtype, weight decay). It is
-trained by the workflow's own ``antigrok.train.train_run``, exactly as the train rule calls it,
+trained by the workflow's own ``antigrok.training.train.train_run``, exactly as the train rule calls it,
 for at most ``--steps`` steps, on one thread. From its train log come:
 
     fit_step     first logged step with train accuracy >= 0.99 (phases.train_fit)
@@ -40,11 +40,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
-import antigrok.train as train_module
-from antigrok.data import prepare_modadd
-from antigrok.train import RunSpec, train_run
+import antigrok.training.train as train_module
+from antigrok.training.data import prepare_modadd
+from antigrok.training.train import RunSpec, train_run
+from antigrok.workflow_config import load_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_FIT, GROK_ACC = 0.99, 0.9
@@ -72,7 +72,7 @@ CANDIDATES = {
 def candidate_experiment(name: str, steps: int) -> dict:
     """config.yaml's modadd_transformer with the candidate's keys changed."""
     modulus, fraction, d_model, d_mlp, lr, dtype = CANDIDATES[name]
-    base = yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]["modadd_transformer"]
+    base = load_workflow_config()["experiments"]["modadd_transformer"]
     experiment = copy.deepcopy(base)
     experiment["dataset"].update(modulus=modulus, train_fraction=fraction)
     experiment["model"].update(d_vocab=modulus + 1, d_model=d_model, num_heads=4, d_head=d_model // 4, d_mlp=d_mlp)

@@ -10,8 +10,8 @@ process CPU time (on a shared machine the wall clock also counts other processes
                      by batched matmuls (``scores = q @ k^T``, masked softmax, ``pattern @ v``),
                      ``torch.optim.AdamW`` as ``make_optimizer`` builds it (on the CPU torch picks
                      its per-tensor for-loop), ``F.cross_entropy``, ``backward``, ``step``
-    workflow         ``antigrok.train.make_step`` exactly as ``train_run`` builds it, with the model
-                     of antigrok.models (the last position's attention as elementwise products)
+    workflow         ``antigrok.training.train.make_step`` exactly as ``train_run`` builds it, with the model
+                     of antigrok.training.models (the last position's attention as elementwise products)
     workflow+foreach the same with ``AdamW(foreach=True)``   } what a one-word change in
     workflow+fused   the same with ``AdamW(fused=True)``     } train.make_optimizer would give
 
@@ -36,25 +36,25 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from antigrok.data import prepare_dataset
-from antigrok.models import build_model
-from antigrok.train import learning_rate, make_optimizer, make_step
+from antigrok.training.data import prepare_dataset
+from antigrok.training.models import build_model
+from antigrok.training.train import learning_rate, make_optimizer, make_step
+from antigrok.workflow_config import load_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_experiment(configfile: Path, name: str) -> dict:
-    experiments = yaml.safe_load(configfile.read_text())["experiments"]
+    experiments = load_workflow_config([configfile])["experiments"]
     if name not in experiments:
         raise SystemExit(f"{configfile} has no experiment {name!r}; it has {', '.join(experiments)}")
     return experiments[name]
 
 
 def reference_attention(attn, x: torch.Tensor) -> torch.Tensor:
-    """The last position's attention by batched matmuls, as antigrok.models first computed it."""
+    """The last position's attention by batched matmuls, as antigrok.training.models first computed it."""
     batch, length, _ = x.shape
 
     def split_heads(t: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,8 @@ import warnings
 
 import torch
 
-from antigrok.models import build_model
 from antigrok.monitor import SpectralAlarmWarning, SpectralMonitor
+from antigrok.training.models import build_model
 
 WIDTHS = [784, 200, 200, 10]
 DEFAULT_EVERY = inspect.signature(SpectralMonitor).parameters["every_n_steps"].default

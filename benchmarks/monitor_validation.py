@@ -1,7 +1,7 @@
 """Validate antigrok.monitor on a real run: train one run of the workflow with the monitor
 attached, and compare its alarms with the workflow's detector on the same run.
 
-The run is trained by the workflow's own training function (``antigrok.train.train_run``, the
+The run is trained by the workflow's own training function (``antigrok.training.train.train_run``, the
 ``train`` rule's), at a config as the workflow reads it (config.yaml, then ``--configfile`` over
 it, schema defaults filled). The monitor watches the model inside that loop: it analyses the
 weights at the run's checkpoint steps with the run's seed, and is armed at fit_step (the first
@@ -9,7 +9,7 @@ logged step with train accuracy >= phases.train_fit) when detector.arm_at_fit, a
 Then the script prints, per spectral alarm:
 
 * the monitor's first firing;
-* the detector's alarm step on this run's own checkpoints (antigrok.summary on htsr.csv /
+* the detector's alarm step on this run's own checkpoints (antigrok.study.tables on htsr.csv /
   traps.csv made from them, as the spectra, traps and detectors rules make them);
 * the workflow's results/tables/detectors.csv alarm step for the same (experiment, weight
   decay, seed), if that file has the run (``--detectors``);
@@ -42,13 +42,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import antigrok.train
-from antigrok.data import prepare_dataset
+import antigrok.training.train
 from antigrok.htsr import analyze_checkpoints
 from antigrok.monitor import SpectralMonitor
-from antigrok.phases import PhaseThresholds, edges_from_phases, segment_phases
-from antigrok.summary import SPECTRAL_ALARMS, accuracy_at, accuracy_curve, evaluate_run_alarms
-from antigrok.traps import compute_traps
+from antigrok.spectra.traps import compute_traps
+from antigrok.study.detector import SPECTRAL_ALARMS, accuracy_at, accuracy_curve, evaluate_run_alarms
+from antigrok.study.phases import PhaseThresholds, edges_from_phases, segment_phases
+from antigrok.training.data import prepare_dataset
 from antigrok.workflow_config import load_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,13 +60,13 @@ VALIDATION_COLUMNS = [
 
 @contextmanager
 def monitored_training(monitor_factory):
-    """Attach a monitor inside ``antigrok.train.train_run``: its evaluation rows (train accuracy,
+    """Attach a monitor inside ``antigrok.training.train.train_run``: its evaluation rows (train accuracy,
     for arming) and checkpoint saves call ``monitor.step`` at the run's step, with the model's
     weights as the checkpoint of that step holds them. Yields a dict that gets the "monitor"."""
     for name in ("evaluation_row", "save_checkpoint"):
-        if not hasattr(antigrok.train, name):
-            raise RuntimeError(f"antigrok.train.{name} is gone: update benchmarks/monitor_validation.py's hooks")
-    evaluation_row, save_checkpoint = antigrok.train.evaluation_row, antigrok.train.save_checkpoint
+        if not hasattr(antigrok.training.train, name):
+            raise RuntimeError(f"antigrok.training.train.{name} is gone: update benchmarks/monitor_validation.py's hooks")
+    evaluation_row, save_checkpoint = antigrok.training.train.evaluation_row, antigrok.training.train.save_checkpoint
     holder = {}
 
     def monitor_for(model):
@@ -83,11 +83,11 @@ def monitored_training(monitor_factory):
         save_checkpoint(path, model, spec, step)
         monitor_for(model).step(step)
 
-    antigrok.train.evaluation_row, antigrok.train.save_checkpoint = evaluation_row_hook, save_checkpoint_hook
+    antigrok.training.train.evaluation_row, antigrok.training.train.save_checkpoint = evaluation_row_hook, save_checkpoint_hook
     try:
         yield holder
     finally:
-        antigrok.train.evaluation_row, antigrok.train.save_checkpoint = evaluation_row, save_checkpoint
+        antigrok.training.train.evaluation_row, antigrok.training.train.save_checkpoint = evaluation_row, save_checkpoint
         if "monitor" in holder:
             holder["monitor"].close()
 
@@ -99,7 +99,7 @@ def phase_thresholds(config: dict) -> PhaseThresholds:
 
 def detector_on_checkpoints(run_dir: Path, run_key: dict, config: dict, phases: pd.DataFrame) -> pd.DataFrame:
     """The workflow detector's spectral rows for this run, from its own checkpoints: htsr.csv and
-    traps.csv as the spectra and traps rules make them, then antigrok.summary.evaluate_run_alarms."""
+    traps.csv as the spectra and traps rules make them, then antigrok.study.tables.evaluate_run_alarms."""
     htsr_cfg = config["htsr"]
     htsr, arrays = analyze_checkpoints(run_dir / "checkpoints", run_seed=run_key["seed"],
                                        fix_fingers=htsr_cfg["fix_fingers"] or False, engine=htsr_cfg["engine"],
@@ -133,12 +133,12 @@ def validate_run(config: dict, experiment: str, weight_decay: float, seed: int, 
     run_dir = out / experiment / f"wd{weight_decay}" / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run_dir / ".resume", ignore_errors=True)  # a resumed run would skip the monitor's early steps
-    spec = antigrok.train.RunSpec(experiment, experiment_cfg, float(weight_decay), int(seed),
+    spec = antigrok.training.train.RunSpec(experiment, experiment_cfg, float(weight_decay), int(seed),
                                   checkpoint_per_decade=config["checkpoints"]["per_decade"],
                                   log_per_decade=config["log"]["per_decade"])
     detector = config["detector"]
     train_fit = config["phases"]["train_fit"]
-    checkpoints = antigrok.train.checkpoint_steps(experiment_cfg["steps"], spec.checkpoint_per_decade)
+    checkpoints = antigrok.training.train.checkpoint_steps(experiment_cfg["steps"], spec.checkpoint_per_decade)
 
     def make_monitor(model):
         return SpectralMonitor(
@@ -155,7 +155,7 @@ def validate_run(config: dict, experiment: str, weight_decay: float, seed: int, 
     torch.set_num_threads(config["train"]["threads"])
     dataset = prepare_dataset(experiment_cfg["dataset"], config["data"])
     with monitored_training(make_monitor) as holder:
-        train_log = antigrok.train.train_run(spec, dataset, run_dir, device=config["train"]["device"], progress=False,
+        train_log = antigrok.training.train.train_run(spec, dataset, run_dir, device=config["train"]["device"], progress=False,
                                              cpu_engine=config["train"]["cpu_engine"])
     monitor = holder["monitor"]
 

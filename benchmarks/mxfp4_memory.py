@@ -1,6 +1,6 @@
 """Peak memory of ``antigrok analyze`` on a gpt-oss-shaped MXFP4 folder, as its experts multiply.
 
-Writes synthetic gpt-oss folders (antigrok.gpt_oss_synthetic: the real tensor names and MXFP4 layout,
+Writes synthetic gpt-oss folders (tests/gpt_oss_synthetic.py: the real tensor names and MXFP4 layout,
 small sizes, fixed seed, no download) with one block and ``--experts`` experts of ``--hidden`` x
 ``--intermediate``, and runs ``antigrok analyze FOLDER -q --threads 1`` on each in a child process,
 reporting its peak resident set (``ru_maxrss``) next to the size of the packed experts on disk and
@@ -32,7 +32,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--intermediate", type=int, default=512)
     args = parser.parse_args(argv)
-    from antigrok.gpt_oss_synthetic import write_gpt_oss_folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from gpt_oss_synthetic import write_gpt_oss_folder  # the tests' synthetic gpt-oss folder
 
     script = Path(sys.executable).parent / "antigrok"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "antigrok.cli"]

@@ -4,7 +4,7 @@ Both engines analyze the same checkpoints through ``antigrok.htsr.analyze_weight
 ``spectra`` rule does (every 2-D weight, each layer seeded by (run seed, step, layer), fix_fingers
 as configured, the MP KS test included): ``engine="weightwatcher"`` calls
 ``WeightWatcher.analyze(randomize=True, fix_fingers=...)`` per layer, ``engine="fast"`` calls
-``antigrok.fastspectra``. The two engines alternate, ``--repeats`` times per checkpoint, so that
+``antigrok.spectra.fast_engine``. The two engines alternate, ``--repeats`` times per checkpoint, so that
 a busy machine slows them alike, and the fastest repeat of each is reported; each engine is warmed
 up (imports) on the first checkpoint before timing. The table gives wall-clock time and this
 process's CPU time per checkpoint (on a shared machine the CPU time is the fair comparison: the
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from antigrok import htsr
-from antigrok.train import load_checkpoint
+from antigrok.training.train import load_checkpoint
 
 DEFAULT_CHECKPOINTS = Path("results/runs/mnist_mlp/wd0.0/seed0/checkpoints")
 COMPARED = ("alpha", "xmin", "num_pl_spikes", "rand_sigma_mp", "ww_num_traps")
@@ -82,7 +82,7 @@ def main(argv=None) -> None:
 
     files = []
     for path in args.checkpoints or [DEFAULT_CHECKPOINTS]:
-        files.extend(htsr.checkpoint_files(path))
+        files.extend(htsr.checkpoints_to_analyze(path))
     if not files:
         raise SystemExit("no checkpoint files given")
     files = pick(sorted(files), args.num_checkpoints)

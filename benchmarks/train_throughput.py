@@ -4,8 +4,8 @@ The reference is the paper's setup written the plain way: a 784-200-200-10 ReLU 
 init x 8), float64, torch.optim.AdamW (lr 5e-4, weight decay 0.01), MSE against one-hot targets,
 batches of 200 from a 1000 x 784 train subset held on the device (a fresh permutation each
 epoch), one eager step at a time. Against it: on CPU the fast step that ``train_run`` uses for
-a single run (antigrok.fast_mlp_step.FastMLPStep, ``train.cpu_engine: fast``), and the batched
-engine (antigrok.batched.BatchedTrainer) training 1, 5 and 10 runs (seeds) at once; on CUDA it
+a single run (antigrok.training.fast_mlp_step.FastMLPStep, ``train.cpu_engine: fast``), and the batched
+engine (antigrok.training.batched.BatchedTrainer) training 1, 5 and 10 runs (seeds) at once; on CUDA it
 replays CUDA graphs. The synthetic subset has random pixels except 195 columns that are zero in
 every example, as the paper's MNIST subset (589 of its 784 pixels are ever non-zero), because
 the fast step skips those. Only training steps are timed (no evaluation or checkpoints).
@@ -36,14 +36,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.profiler import ProfilerActivity, record_function
 
-from antigrok.batched import BatchedTrainer
-from antigrok.fast_mlp_step import FastMLPStep
-from antigrok.models import build_model
-from antigrok.train import BatchOrder, RunSpec, make_optimizer
+from antigrok.training.batched import BatchedTrainer
+from antigrok.training.fast_mlp_step import FastMLPStep
+from antigrok.training.models import build_model
+from antigrok.training.train import BatchOrder, RunSpec, make_optimizer
+from antigrok.workflow_config import load_workflow_config
 
 WIDTHS = [784, 200, 200, 10]
 NUM_TRAIN, BATCH, LR, WEIGHT_DECAY, INIT_SCALE = 1000, 200, 5e-4, 0.01, 8.0
@@ -244,7 +244,7 @@ def print_table(device, rows: list[dict], steps: int) -> None:
 
 def run_lengths(config_path: Path) -> list[int]:
     """The training steps of each run of a config (experiments x weight decays x seeds)."""
-    config = yaml.safe_load(config_path.read_text())
+    config = load_workflow_config([config_path])
     return [experiment["steps"] for experiment in config["experiments"].values()
             for _ in experiment["weight_decays"] for _ in experiment["seeds"]]
 

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from antigrok.phases import smoothed_test_acc_at
+from antigrok.runs import RUN_FOLDERS, TRAIN_LOG
+from antigrok.study.phases import smoothed_test_acc_at
 
 EDGES = ("fit_step", "peak_step", "anti_grokking_start_step", "collapse_step")
 
 
 def run_dirs(root: Path) -> dict[str, Path]:
     return {str(path.parent.relative_to(root / "runs")): path.parent
-            for path in sorted((root / "runs").glob("*/wd*/seed*/train_log.csv"))}
+            for path in sorted((root / "runs").glob(f"{RUN_FOLDERS}/{TRAIN_LOG}"))}
 
 
 def edge_values(run_dir: Path) -> dict[str, float]:

@@ -9,7 +9,7 @@
 
 Reads every runs/{experiment}/wd{weight_decay}/seed{seed}/ under the folder (htsr.csv, traps.csv,
 progress.csv, phases.csv), scores the config's warning_rules.rules with the workflow's own code
-(antigrok.warning_rules, as rule warning_rules does) and writes tables/warning_rules.csv,
+(antigrok.study.warning_rules, as rule warning_rules does) and writes tables/warning_rules.csv,
 tables/warning_rules_summary.{csv,md} and figures/statistic_{statistic}_{experiment}.png (as rule
 figure_statistics does), under --out if given. Runs whose four files are not all there yet are skipped, and said so.
 """
@@ -22,15 +22,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from antigrok.statistic_figures import write_statistic_figures
-from antigrok.warning_rules import write_rule_tables
+from antigrok.report.statistic_figures import write_statistic_figures
+from antigrok.runs import RUN_FOLDERS
+from antigrok.study.warning_rules import write_rule_tables
 from antigrok.workflow_config import describe_experiment, load_workflow_config
 
 INPUTS = ("htsr.csv", "traps.csv", "progress.csv", "phases.csv")
 
 
 def complete_runs(folder: Path) -> tuple[list[Path], list[Path]]:
-    runs = sorted(path for path in folder.glob("runs/*/wd*/seed*") if path.is_dir())
+    runs = sorted(path for path in (folder / "runs").glob(RUN_FOLDERS) if path.is_dir())
     complete = [run for run in runs if all((run / name).exists() for name in INPUTS)]
     return complete, [run for run in runs if run not in complete]
 

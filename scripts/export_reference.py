@@ -20,26 +20,27 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import yaml
 
-from antigrok.segments import cpu_model, git_commit
+from antigrok.runs import HTSR_CSV, PHASES_CSV, PROGRESS_CSV, RESULTS, RUN_DIR, TRAIN_LOG, TRAPS_CSV
+from antigrok.training.segments import cpu_model, git_commit
+from antigrok.workflow_config import format_weight_decay, load_workflow_config
 
-RUN_FILES = ("train_log.csv", "htsr.csv", "traps.csv", "progress.csv", "phases.csv")
+RUN_FILES = (TRAIN_LOG, HTSR_CSV, TRAPS_CSV, PROGRESS_CSV, PHASES_CSV)
 PACKAGES = ("torch", "numpy", "scipy", "pandas", "matplotlib", "weightwatcher", "snakemake")
 
 
-def run_dirs(config: dict, results: Path):
+def run_dirs(config: dict, workdir: Path):
     for name, experiment in config["experiments"].items():
         for weight_decay in experiment["weight_decays"]:
             for seed in experiment["seeds"]:
-                yield results / "runs" / name / f"wd{float(weight_decay)}" / f"seed{seed}"
+                yield workdir / RUN_DIR.format(experiment=name, weight_decay=format_weight_decay(weight_decay), seed=seed)
 
 
 def copy_results(config: dict, workdir: Path, out: Path) -> list[Path]:
     """Copy the small result files; a missing file is an error (the run is not complete)."""
-    results = workdir / "results"
+    results = workdir / RESULTS
     copied = []
-    sources = [path for run in run_dirs(config, results) for path in (run / name for name in RUN_FILES)]
+    sources = [path for run in run_dirs(config, workdir) for path in (run / name for name in RUN_FILES)]
     sources += sorted((results / "tables").glob("*.csv")) + sorted((results / "tables").glob("*.md"))
     sources += sorted((results / "figures").glob("*.png"))
     sources += sorted((workdir / "logs").rglob("*.benchmark.tsv"))
@@ -68,7 +69,7 @@ def provenance(args, config: dict, workdir: Path) -> str:
             versions.append(f"{package} (not installed)")
     experiments = "\n".join(
         f"- `{name}`: lr {e['optimizer']['lr']:g}, {e['steps']} steps, weight decays {e['weight_decays']}, "
-        f"seeds {e['seeds']}, batch {e['batch_size']}, {e.get('dtype', 'float64')}"
+        f"seeds {e['seeds']}, batch {e['batch_size']}, {e['dtype']}"
         for name, e in config["experiments"].items()
     )
     return f"""# Provenance
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--about", default="time-rescaled runs of the paper's MNIST MLP (Table 3), not its 1e7-step\n"
                         "experiment at lr 5e-4", help="what the experiments are, after 'Experiments (CONFIG), '")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.workdir, args.configfile).read_text())
+    config = load_workflow_config([Path(args.workdir, args.configfile)])
     copied = copy_results(config, args.workdir, args.out)
     (args.out / "PROVENANCE.md").write_text(provenance(args, config, args.workdir))
     print(f"copied {len(copied)} files to {args.out}; wrote {args.out / 'PROVENANCE.md'}")

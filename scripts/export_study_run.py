@@ -30,16 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_reference import PACKAGES, RUN_FILES  # noqa: E402
 
 from antigrok.files import write_csv_atomically, write_safetensors  # noqa: E402
-from antigrok.loading import read_checkpoint  # noqa: E402
-from antigrok.segments import cpu_model, git_commit  # noqa: E402
-from antigrok.runs import nearest_in_log_step  # noqa: E402
-from antigrok.summary import parse_run_dir  # noqa: E402
+from antigrok.formats.loading import read_checkpoint  # noqa: E402
+from antigrok.runs import CHECKPOINTS, checkpoint_files, parse_run_dir, checkpoint_path, nearest_checkpoint_step  # noqa: E402
+from antigrok.training.segments import cpu_model, git_commit  # noqa: E402
 
 EDGES = {"peak": "peak_step", "decline_start": "anti_grokking_start_step", "end": None}
-
-
-def checkpoint_steps(checkpoint_dir: Path) -> dict[int, Path]:
-    return {int(path.stem.removeprefix("step")): path for path in sorted(checkpoint_dir.glob("step*.pt"))}
 
 
 def edge_checkpoints(phases: pd.DataFrame, steps) -> list[tuple[str, int | None, int]]:
@@ -50,7 +45,7 @@ def edge_checkpoints(phases: pd.DataFrame, steps) -> list[tuple[str, int | None,
         edge_step = int(phases["step"].max()) if column is None else first[column]
         if edge_step is None or pd.isna(edge_step):
             continue
-        chosen.append((edge, int(edge_step), nearest_in_log_step(steps, int(edge_step))))
+        chosen.append((edge, int(edge_step), nearest_checkpoint_step(steps, int(edge_step))))
     return chosen
 
 
@@ -84,11 +79,11 @@ def main(argv=None) -> int:
         shutil.copy2(args.run / name, target / name)
 
     phases = pd.read_csv(args.run / "phases.csv")
-    steps = checkpoint_steps(args.run / "checkpoints")
+    steps = checkpoint_files(args.run / CHECKPOINTS, (".pt",))
     index = []
     for edge, edge_step, step in edge_checkpoints(phases, steps):
         checkpoint = read_checkpoint(steps[step])
-        file = target / "checkpoints" / f"step{step:09d}.safetensors"
+        file = checkpoint_path(target / CHECKPOINTS, step, ".safetensors")
         file.parent.mkdir(exist_ok=True)
         write_safetensors(checkpoint["model"], file)
         index.append({"edge": edge, "edge_step": edge_step, "checkpoint_step": step, "file": file.name})

@@ -15,7 +15,7 @@ run has finished, committing OUT's rows every --commit-every seconds with --comm
 copy each run's resume state into OUT (commit it once per working period: a few MB each).
 report: the paper's figures (Figs. 1, 3, 4/6, 5/7) and tables (1, 2, 4, and the comparison with the
 paper) from OUT's rows alone, into --report-dir with a REPORT.md; "provisional: wd 0 at step N of
-1e7" on every output while a run trains (antigrok.long_run_report). With --rescaled FOLDER CONFIG
+1e7" on every output while a run trains (antigrok.report.long_run_report). With --rescaled FOLDER CONFIG
 (repeatable) also the long runs beside the time-rescaled runs of FOLDER at equal lr x step:
 
     python scripts/long_run.py report --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu \
@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-from antigrok.data import load_dataset
-from antigrok.long_run_report import write_report
-from antigrok.long_runs import AnalysisSettings, analyse, long_runs, restore, save_state, status_line
+from antigrok.report.long_run_report import write_report
+from antigrok.study.long_runs import AnalysisSettings, analyse, long_runs, restore, save_state, status_line
+from antigrok.training.data import load_dataset
 from antigrok.workflow_config import load_workflow_config
 
 log = logging.getLogger("antigrok.long_run")

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from antigrok.data import prepare_mnist
 from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.mechanism.confusion import confusion_table
 from antigrok.mechanism.figures import mechanism_figure_from_files
@@ -34,7 +33,9 @@ from antigrok.mechanism.largest_weight import largest_weight_table
 from antigrok.mechanism.prototypes import prototype_table
 from antigrok.mechanism.removal import RemovalSettings, removal_table
 from antigrok.mechanism.tables import write_mechanism_tables
-from antigrok.phases import PhaseThresholds, segment_phases
+from antigrok.runs import RUN_FOLDERS
+from antigrok.study.phases import PhaseThresholds, segment_phases
+from antigrok.training.data import prepare_mnist
 from antigrok.workflow_config import describe_experiment, load_workflow_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ FIGURES = ["prototypes", "largest_weight", "trap_removal", "shuffled_confusion"]
 
 
 def finished_runs(folder: Path) -> list[Path]:
-    runs = sorted(path for path in folder.glob("*/wd*/seed*") if (path / "train_log.csv").is_file()
+    runs = sorted(path for path in folder.glob(RUN_FOLDERS) if (path / "train_log.csv").is_file()
                   and (path / "checkpoints").is_dir())
     if not runs:
         raise SystemExit(f"{folder}: no finished run ({{experiment}}/wd{{wd}}/seed{{seed}}/ with train_log.csv "
@@ -66,9 +67,7 @@ def analyse_run(run: Path, out_run: Path, dataset: dict, settings: dict) -> dict
     write_csv_atomically(phases, out_run / "phases.csv")
     shutil.copyfile(run / "train_log.csv", out_run / "train_log.csv")  # unedited: the phases' source
     checkpoints = run / "checkpoints"
-    removal = RemovalSettings(edges=tuple(mechanism["removal_edges"]), probe_inputs=mechanism["probe_inputs"],
-                              probe_std=mechanism["probe_std"], draws=mechanism["removal_draws"],
-                              seed=mechanism["removal_seed"], tracy_widom_scale=scale)
+    removal = RemovalSettings.from_config(mechanism, scale)
     tables = {
         "prototypes": prototype_table(checkpoints, phases, dataset, mechanism["edges"],
                                       mechanism["prototype_components"], mechanism["prototype_rows"]),

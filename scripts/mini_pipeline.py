@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
-from antigrok import figures, htsr, phases, summary, traps
-from antigrok.batched import train_runs
-from antigrok.train import RunSpec, train_run
+from antigrok import htsr
+from antigrok.spectra import traps
+from antigrok.study import phases
+from antigrok.study import tables as summary
+from antigrok.training.batched import train_runs
+from antigrok.training.train import RunSpec, train_run
 
 EXPERIMENT = {
     "dataset": {"name": "mnist"},
@@ -72,7 +75,7 @@ def main(out: Path) -> None:
         phases.write_phases(run_dir / "train_log.csv", run_dir / "phases.csv", thresholds)
 
     tables = out / "tables"
-    figures.write_phase_edges([d / "phases.csv" for d in run_dirs], tables / "phase_edges.csv",
+    summary.write_phase_edges([d / "phases.csv" for d in run_dirs], tables / "phase_edges.csv",
                               tables / "phase_edges.html", tables / "phase_edges.md")
     experiments = ["small", "small_plain", "small_batched"]
     outputs = {f"{name}_{kind}": tables / f"{name}.{kind}" for name in ("table1", "table2", "table4")

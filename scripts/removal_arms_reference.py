@@ -25,20 +25,15 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mechanism_reference import provenance_table  # noqa: E402  (the reference scripts share it)
 
-from antigrok.data import prepare_mnist  # noqa: E402
 from antigrok.files import write_csv_atomically, write_text_atomically  # noqa: E402
 from antigrok.mechanism.removal import RemovalSettings, removal_table  # noqa: E402
-from antigrok.mechanism.tables import (  # noqa: E402
-    RUN_KEYS,
-    read_runs,
-    removal_arms_by_run,
-    removal_arms_markdown,
-    removal_arms_summary,
-)
+from antigrok.mechanism.tables import removal_arms_by_run, removal_arms_markdown, removal_arms_summary  # noqa: E402
+from antigrok.runs import RUN_FOLDERS, RUN_KEYS, read_run_files  # noqa: E402
+from antigrok.training.data import prepare_mnist  # noqa: E402
 from antigrok.workflow_config import load_workflow_config  # noqa: E402
 
 
-def study_runs(study: Path, pattern: str = "*/wd*/seed*") -> list[Path]:
+def study_runs(study: Path, pattern: str = RUN_FOLDERS) -> list[Path]:
     runs = sorted(path for path in study.glob(f"runs/{pattern}") if (path / "phases.csv").is_file()
                   and (path / "checkpoints").is_dir())
     if not runs:
@@ -58,7 +53,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", default=None, help="MNIST root (default: the config's data.root)")
     parser.add_argument("--draws", type=int, help="draws of each random arm (default: the config's removal_draws)")
     parser.add_argument("--layers-only", action="store_true", help="per layer only, not all layers at once")
-    parser.add_argument("--runs", default="*/wd*/seed*", help="which runs of each study (a glob under runs/)")
+    parser.add_argument("--runs", default=RUN_FOLDERS, help="which runs of each study (a glob under runs/)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep a run's trap_removal.csv already under --out (written by this command with "
                              "the same code, e.g. by an interrupted or parallel invocation) instead of recomputing it")
@@ -66,10 +61,8 @@ def main(argv=None) -> None:
     started = time.time()
     settings = load_workflow_config([args.config])
     mechanism, data = settings["mechanism"], settings["data"]
-    removal = RemovalSettings(edges=tuple(mechanism["removal_edges"]), probe_inputs=mechanism["probe_inputs"],
-                              probe_std=mechanism["probe_std"], draws=args.draws or mechanism["removal_draws"],
-                              seed=mechanism["removal_seed"], tracy_widom_scale=settings["traps"]["tracy_widom_scale"],
-                              all_layers=not args.layers_only)
+    removal = RemovalSettings.from_config(mechanism, settings["traps"]["tracy_widom_scale"],
+                                          draws=args.draws or mechanism["removal_draws"], all_layers=not args.layers_only)
     dataset = prepare_mnist(args.data_root or data["root"], data["train_size"], data["subset_seed"], download=False)
     written, outcomes, lines = [], [], []
     for study in args.studies:
@@ -91,7 +84,7 @@ def main(argv=None) -> None:
             lines.append(f"- `{study.name}/{relative}` ({'collapses' if collapses else 'does not collapse'}): "
                          f"checkpoints at steps {', '.join(map(str, sorted(table['step'].unique())))}"
                          f"{'; trap_removal.csv reused from an earlier invocation' if reused else ''}")
-    by_run = removal_arms_by_run(read_runs(written), pd.DataFrame(outcomes)[RUN_KEYS + ["collapses"]])
+    by_run = removal_arms_by_run(read_run_files(written), pd.DataFrame(outcomes)[RUN_KEYS + ["collapses"]])
     summary = removal_arms_summary(by_run)
     tables = args.out / "tables"
     write_csv_atomically(by_run, tables / "removal_arms.csv")

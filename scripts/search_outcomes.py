@@ -4,7 +4,7 @@
     python scripts/search_outcomes.py docs/reference/modadd_search --out docs/reference/modadd_search/outcomes.csv
 
 The folder holds ``runs/{experiment}/wd{weight_decay}/seed{seed}/train_log.csv``. Each run is read by
-``antigrok.search_outcome.classify`` (the definitions: its module docstring and
+``antigrok.study.search_outcome.classify`` (the definitions: its module docstring and
 docs/reference/modadd_search/README.md); the table is printed as Markdown and, with ``--out``,
 written as CSV. A run whose train job stopped on a non-finite loss has no train_log.csv and is not
 listed: it is a breakdown by its job's log.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from antigrok.search_outcome import outcome_table
+from antigrok.study.search_outcome import outcome_table
 from antigrok.table_format import frame_to_markdown
 from compare_runs import run_dirs  # scripts/ is on the path when a script of it runs
 
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     if args.out:
         table.to_csv(args.out, index=False)
     print(frame_to_markdown(table, "Outcomes of the search's runs",
-                            "By the definitions of antigrok.search_outcome (committed before the first run)."))
+                            "By the definitions of antigrok.study.search_outcome (committed before the first run)."))
     return 0
 
 

@@ -9,10 +9,10 @@ Reads every runs/{experiment}/wd{weight_decay}/seed{seed}/ (htsr.csv, traps.csv,
 phases.csv) of each STUDY folder and writes to --out/tables:
 
 - centred_traps_runs.csv, centred_traps.csv: per run and layer whether it has a centred trap
-  (antigrok.centred_trap_counts); per experiment, weight decay and layer the count with its exact
+  (antigrok.study.centred_trap_counts); per experiment, weight decay and layer the count with its exact
   95% interval.
 - outcomes.csv: per run the decline from the peak at the last step, the largest decline, the slope
-  over the last decade and whether the run is censored (antigrok.outcome_continuum).
+  over the last decade and whether the run is censored (antigrok.study.outcome_continuum).
 - rule_statistics.csv: per run, each frozen rule's statistic at the peak and at twice the peak step.
 - rule_correlations.csv: Spearman's rho of each statistic with the decline at the end, over all
   runs and within the runs of weight decay 0.003 (equal settings), with 95% bootstrap intervals.
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from antigrok.centred_trap_counts import centred_trap_summary, run_centred_traps
 from antigrok.files import write_csv_atomically
-from antigrok.outcome_continuum import correlation_table, run_decline, run_statistics
-from antigrok.warning_rules import rules_from_config
+from antigrok.runs import RUN_FOLDERS
+from antigrok.study.centred_trap_counts import centred_trap_summary, run_centred_traps
+from antigrok.study.outcome_continuum import correlation_table, run_decline, run_statistics
+from antigrok.study.warning_rules import rules_from_config
 from antigrok.workflow_config import load_workflow_config
 
 INPUTS = ("htsr.csv", "traps.csv", "progress.csv", "phases.csv")
@@ -37,7 +38,7 @@ EQUAL_SETTINGS_WEIGHT_DECAY = 0.003  # the probe's six runs: one arm of equal se
 
 
 def study_runs(study: Path) -> list[Path]:
-    runs = sorted((path for path in study.glob("runs/*/wd*/seed*") if all((path / name).is_file() for name in INPUTS)),
+    runs = sorted((path for path in (study / "runs").glob(RUN_FOLDERS) if all((path / name).is_file() for name in INPUTS)),
                   key=lambda path: (path.parent.parent.name, path.parent.name, int(path.name.removeprefix("seed"))))
     if not runs:
         raise SystemExit(f"{study}: no runs/{{experiment}}/wd{{wd}}/seed{{seed}}/ with {', '.join(INPUTS)}")

@@ -1,4 +1,4 @@
-"""The batched engine (antigrok.batched) against separate single runs (antigrok.train.train_run)."""
+"""The batched engine (antigrok.training.batched) against separate single runs (antigrok.training.train.train_run)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from antigrok import batched
-from antigrok.batched import BatchedTrainer, mlp_gradients, train_runs
-from antigrok.data import load_dataset
-from antigrok.models import build_model
-from antigrok.train import (
-    BatchOrder,
-    NonFiniteLossError,
-    RunSpec,
-    checkpoint_steps,
-    load_checkpoint,
-    train_run,
-)
+from antigrok.training import batched
+from antigrok.training.batched import BatchedTrainer, mlp_gradients, train_runs
+from antigrok.training.data import load_dataset
+from antigrok.training.models import build_model
+from antigrok.training.schedule import checkpoint_steps
+from antigrok.training.train import BatchOrder, NonFiniteLossError, RunSpec, load_checkpoint, train_run
 from conftest import REPO, SHARED_DATA, copy_workflow, requires_mnist
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from antigrok import cli, htsr
+from antigrok import cli
+from antigrok import htsr
 
 
 def save_checkpoint(path: Path, step: int = 10, seed: int = 2, rows: int = 16) -> Path:
@@ -186,7 +187,7 @@ def test_a_seed_that_is_no_integer_is_a_one_line_usage_error(capsys):
 
 def test_the_mean_shift_trap_is_counted_raw_and_not_centred(tmp_path):
     # a Gaussian matrix plus a constant: its shuffled copy keeps the mean, a rank-one spike that
-    # WeightWatcher counts as a trap and the centred count does not (antigrok.traps)
+    # WeightWatcher counts as a trap and the centred count does not (antigrok.spectra.traps)
     rng = np.random.default_rng(3)
     weights = {"shifted.weight": torch.tensor(rng.standard_normal((120, 300)) * 0.1 + 0.05),
                "plain.weight": torch.tensor(rng.standard_normal((120, 300)) * 0.1)}

@@ -1,4 +1,4 @@
-"""Conv layers as WeightWatcher 0.7.5.5 reads them (antigrok.kernels): its kernel slices and (N, M)
+"""Conv layers as WeightWatcher 0.7.5.5 reads them (antigrok.spectra.kernels): its kernel slices and (N, M)
 read from WeightWatcher's own WWLayer, then whole layers and whole small conv nets given to
 WeightWatcher itself, against analyze_state_dict, ``antigrok analyze`` and the monitor, to 1e-12."""
 
@@ -13,8 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from antigrok import cli, htsr, kernels
-from antigrok.spectral import layer_seed
+from antigrok import cli
+from antigrok import htsr
+from antigrok.spectra import kernels
+from antigrok.spectra.primitives import layer_seed
+from antigrok.spectra.ww_engine import import_weightwatcher
 from test_fastspectra import assert_rel
 
 REL = 1e-12
@@ -45,7 +48,7 @@ def heavy_kernel(shape, seed=0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ww():
-    return htsr._weightwatcher()
+    return import_weightwatcher()
 
 
 # --------------------------------------------------------------------------- the slices
@@ -162,7 +165,7 @@ def test_a_conv_net_equals_weightwatcher_given_the_module(ww, conv_net_table, la
     ours = conv_net_table.set_index("layer").loc[layer].to_dict()
     assert theirs["layer_type"] == {"embed": "embedding", "head": "dense"}.get(layer, "conv2d")
     assert_same_rows(ours, theirs)
-    assert ours["num_traps"] == theirs["ww_num_traps"]  # antigrok.traps' recount: WeightWatcher's
+    assert ours["num_traps"] == theirs["ww_num_traps"]  # antigrok.spectra.traps' recount: WeightWatcher's
 
 
 def test_weightwatcher_given_the_module_skips_a_narrow_conv1d(ww, conv_net_table):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from antigrok.data import MNIST_RAW_FILES, DataError, prepare_mnist, stratified_subset
+from antigrok.training.data import MNIST_RAW_FILES, DataError, prepare_mnist, stratified_subset
 from conftest import SHARED_DATA, requires_mnist
 
 

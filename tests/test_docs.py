@@ -363,7 +363,7 @@ def assert_documented_exactly(file: str, written: list[str]):
 
 
 def test_train_log_columns():
-    from antigrok.train import TRAIN_LOG_COLUMNS
+    from antigrok.training.train import TRAIN_LOG_COLUMNS
 
     assert_documented_exactly("train_log.csv", TRAIN_LOG_COLUMNS)
 
@@ -375,7 +375,7 @@ def test_htsr_columns():
 
 
 def test_traps_columns():
-    from antigrok.traps import TRAPS_COLUMNS
+    from antigrok.spectra.traps import TRAPS_COLUMNS
 
     assert_documented_exactly("traps.csv", TRAPS_COLUMNS)
 
@@ -390,7 +390,7 @@ def synthetic_train_log() -> pd.DataFrame:
 
 
 def test_phases_columns(tmp_path):
-    from antigrok.phases import PHASES_COLUMNS, PhaseThresholds, segment_phases
+    from antigrok.study.phases import PHASES_COLUMNS, PhaseThresholds, segment_phases
 
     phases = segment_phases(synthetic_train_log(), PhaseThresholds(smoothing_window=1))
     assert phases["collapses"].all(), "the synthetic run should collapse, so every edge is filled"
@@ -399,8 +399,9 @@ def test_phases_columns(tmp_path):
 
 
 def write_checkpoints(folder: Path, experiment_cfg: dict) -> list[Path]:
-    from antigrok.models import build_model
-    from antigrok.train import RunSpec, checkpoint_path, save_checkpoint
+    from antigrok.training.models import build_model
+    from antigrok.runs import checkpoint_path
+    from antigrok.training.train import RunSpec, save_checkpoint
 
     folder.mkdir()
     spec = RunSpec("docs_check", experiment_cfg, weight_decay=0.0, seed=0)
@@ -411,7 +412,7 @@ def write_checkpoints(folder: Path, experiment_cfg: dict) -> list[Path]:
 
 
 def test_progress_columns_of_both_models(tmp_path):
-    from antigrok.progress import progress_for_checkpoints
+    from antigrok.study.progress import progress_for_checkpoints
 
     mlp = {"model": {"name": "mlp", "widths": [784, 200, 200, 10], "init_scale": 8.0}}
     transformer = {"model": {"name": "transformer", "d_vocab": 24, "n_ctx": 3, "d_model": 32,
@@ -429,7 +430,8 @@ def test_progress_columns_of_both_models(tmp_path):
 
 
 def test_table_columns():
-    from antigrok.summary import DETECTOR_COLUMNS, DETECTOR_SUMMARY_COLUMNS, TIDY_COLUMNS
+    from antigrok.study.detector import DETECTOR_COLUMNS, DETECTOR_SUMMARY_COLUMNS
+    from antigrok.study.tables import TIDY_COLUMNS
 
     for table in ("table1_alpha.csv", "table2_traps.csv", "table4_mp_fit.csv"):
         assert_documented_exactly(table, TIDY_COLUMNS)
@@ -438,8 +440,8 @@ def test_table_columns():
 
 
 def test_phase_edges_columns(tmp_path):
-    from antigrok.figures import phase_edges
-    from antigrok.phases import PhaseThresholds, segment_phases
+    from antigrok.study.tables import phase_edges
+    from antigrok.study.phases import PhaseThresholds, segment_phases
 
     path = tmp_path / "docs_check" / "wd0.0" / "seed0" / "phases.csv"
     path.parent.mkdir(parents=True)
@@ -448,8 +450,8 @@ def test_phase_edges_columns(tmp_path):
 
 
 def test_comparison_table_columns():
-    timescale = pytest.importorskip("antigrok.timescale", reason="the time-scale study is not in this tree")
-    paper = pytest.importorskip("antigrok.paper", reason="the paper comparison is not in this tree")
+    timescale = pytest.importorskip("antigrok.study.timescale", reason="the time-scale study is not in this tree")
+    paper = pytest.importorskip("antigrok.study.paper", reason="the paper comparison is not in this tree")
 
     assert_documented_exactly("timescale.csv", timescale.TIMESCALE_COLUMNS)
     assert_documented_exactly("timescale_slope.csv", timescale.SLOPE_COLUMNS)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from antigrok.statistic_figures import plot_statistic, statistic_long
+from antigrok.report.statistic_figures import plot_statistic, statistic_long
 from test_warning_rules import STEPS, synthetic_run
 
 ROOT = Path(__file__).resolve().parents[1]

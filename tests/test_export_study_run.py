@@ -13,16 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from export_study_run import edge_checkpoints  # noqa: E402
 
-from antigrok.runs import nearest_in_log_step  # noqa: E402
-
-
-def test_nearest_checkpoint_is_nearest_in_log_step():
-    steps = [0, 1, 10, 100, 1000, 10000]
-    assert nearest_in_log_step(steps, 300) == 100  # log10 300 = 2.48: nearer 2 than 3
-    assert nearest_in_log_step(steps, 400) == 1000
-    assert nearest_in_log_step(steps, 0) == 0
-    assert nearest_in_log_step(steps, 50000) == 10000
-
 
 def fake_run(folder: Path, decline: bool) -> Path:
     run = folder / "results/runs/mnist_x/wd0.0/seed3"

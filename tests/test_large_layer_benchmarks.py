@@ -63,7 +63,7 @@ def test_synthetic_layer_is_fixed_by_its_seed():
 
 
 def test_own_model_memory_writes_index_and_shards(tmp_path):
-    from antigrok.loading import open_model
+    from antigrok.formats.loading import open_model
 
     benchmark = load_script("own_model_memory")
     folder = tmp_path / "model"

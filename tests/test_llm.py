@@ -1,4 +1,4 @@
-"""antigrok.llm and workflow/llm.smk: one large model scattered over jobs, gathered into one table."""
+"""antigrok.users.llm and workflow/llm.smk: one large model scattered over jobs, gathered into one table."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from antigrok import llm
-from antigrok.analyze import analyze_path
-from antigrok.gpt_oss_synthetic import write_gpt_oss_folder
+from antigrok.users import llm
+from antigrok.users.analyze import analyze_path
+from gpt_oss_synthetic import write_gpt_oss_folder
 from conftest import REPO, dry_run_jobs
 
 LAYERS, EXPERTS = 3, 2

@@ -1,4 +1,4 @@
-"""antigrok.loading: no file runs code; every format reads the same weights, one tensor at a time."""
+"""antigrok.formats.loading: no file runs code; every format reads the same weights, one tensor at a time."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from antigrok import cli, htsr, loading
-from antigrok.analyze import NOT_SELECTED, analyze_model, analyze_path
-from antigrok.train import load_checkpoint
+from antigrok import cli
+from antigrok import htsr
+from antigrok.formats import loading
+from antigrok.training.train import load_checkpoint
+from antigrok.users.analyze import NOT_SELECTED, analyze_model, analyze_path
 
 ERROR = "antigrok analyze: error:"
 
@@ -333,7 +335,7 @@ def test_an_unreadable_npz_array_is_reported_as_unreadable_not_as_unsafe(tmp_pat
     # Any ValueError of np.load was reported as an unsafe (pickled) file; only the pickle refusal is.
     import zipfile
 
-    from antigrok.loading import ModelFileError, UnsafeFileError, read_npz_array
+    from antigrok.formats.loading import ModelFileError, UnsafeFileError, read_npz_array
 
     path = tmp_path / "broken.npz"
     with zipfile.ZipFile(path, "w") as archive:

@@ -1,4 +1,4 @@
-"""``scripts/long_run.py report`` (antigrok.long_run_report): the long runs' figures and tables from
+"""``scripts/long_run.py report`` (antigrok.report.long_run_report): the long runs' figures and tables from
 their reference folder alone, labelled provisional while a run trains and never once it is done."""
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import yaml
 from matplotlib.text import Text
 from test_long_runs import SETTINGS, SMALL_EXPERIMENT, train_until_crash
 
-from antigrok import figures, long_run_report
-from antigrok.long_run_report import PAPER_TABLES, RunStatus, write_report
-from antigrok.long_runs import analyse, long_runs
-from antigrok.paper import compare_with_paper, read_paper_tables
-from antigrok.phases import PhaseThresholds
+from antigrok.report import figures
+from antigrok.report import long_run_report
+from antigrok.report.long_run_report import PAPER_TABLES, RunStatus, write_report
 from antigrok.runs import read_run_files
-from antigrok.summary import TIDY_COLUMNS, table1_alpha, table2_traps, table4_mp_fit
-from antigrok.train import train_run
+from antigrok.study.long_runs import analyse, long_runs
+from antigrok.study.paper import compare_with_paper, read_paper_tables
+from antigrok.study.phases import PhaseThresholds
+from antigrok.study.tables import TIDY_COLUMNS, table1_alpha, table2_traps, table4_mp_fit
+from antigrok.training.train import train_run
 from antigrok.workflow_config import load_workflow_config
 
 ROOT = Path(__file__).resolve().parents[1]

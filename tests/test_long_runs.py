@@ -1,4 +1,4 @@
-"""Runs longer than a job (antigrok.long_runs, scripts/long_run.py): analysed as their checkpoints
+"""Runs longer than a job (antigrok.study.long_runs, scripts/long_run.py): analysed as their checkpoints
 appear, moved to a fresh machine through a committed state, and guarded against a restart from 0."""
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 import torch
 
-from antigrok import long_runs
 from antigrok.htsr import write_spectra
-from antigrok.long_runs import AnalysisSettings, LongRun, analyse, restore, save_state, status_line
-from antigrok.phases import PhaseThresholds, segment_phases
-from antigrok.progress import ProgressSettings, progress_for_checkpoints
-from antigrok.segments import progress_line, start_segment
-from antigrok.train import BatchOrder, RunSpec, SpeedMeter, train_run
-from antigrok.traps import write_traps
-from antigrok.workflow_config import load_workflow_config
+from antigrok.spectra.traps import write_traps
+from antigrok.study import long_runs
+from antigrok.study.long_runs import AnalysisSettings, LongRun, analyse, restore, save_state, status_line
+from antigrok.study.phases import PhaseThresholds, segment_phases
+from antigrok.study.progress import ProgressSettings, progress_for_checkpoints
+from antigrok.training.segments import progress_line, start_segment
+from antigrok.training.train import BatchOrder, RunSpec, SpeedMeter, train_run
+from antigrok.workflow_config import load_workflow_config, run_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_the_paper_cpu_runs_keep_their_fingerprints():
         "the fingerprint of a paper_cpu run changed: its committed resume state would be refused and the "
         "13-hour run restarted from step 0 (see the comment above PAPER_CPU_FINGERPRINTS)")
     config_yaml = load_workflow_config()
-    assert long_runs.run_settings(config_yaml["experiments"]["mnist_mlp"]) == runs[0].spec.experiment_cfg, (
+    assert run_settings(config_yaml["experiments"]["mnist_mlp"]) == runs[0].spec.experiment_cfg, (
         "configs/paper_cpu.yaml's experiment must stay config.yaml's mnist_mlp, unchanged")
 
 
@@ -287,7 +287,7 @@ def test_appended_counts_stay_integers_where_a_fit_failed(tmp_path):
     run.reference_dir.mkdir(parents=True)
     first = pd.DataFrame({"step": [0, 0], "num_fingers": pd.array([4, None], dtype="Int64")})
     first.to_csv(run.reference_dir / "htsr.csv", index=False)
-    long_runs._append(run, "htsr.csv", pd.DataFrame({"step": [1], "num_fingers": pd.array([3], dtype="Int64")}))
+    long_runs.append_rows(run, "htsr.csv", pd.DataFrame({"step": [1], "num_fingers": pd.array([3], dtype="Int64")}))
     assert (run.reference_dir / "htsr.csv").read_text().splitlines() == ["step,num_fingers", "0,4", "0,", "1,3"]
 
 

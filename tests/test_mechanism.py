@@ -14,18 +14,20 @@ import torch
 import yaml
 from scipy.spatial.distance import jensenshannon
 
-from antigrok.fastspectra import marchenko_pastur_fit, random_esd_batch
+from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.centred_traps import centred_svd, centred_trap_count, centred_trap_indices
 from antigrok.mechanism.checkpoints import (
     edge_checkpoints,
     layer_inputs,
     mlp_from_state_dict,
     mlp_widths,
-    nearest_step,
     outputs_from,
-    read_state_dict,
 )
+from antigrok.mechanism.confusion import CONFUSION_COLUMNS
 from antigrok.mechanism.confusion import confusion_rows, top_class_share
+from antigrok.mechanism.input_matched import SecondMoment, input_load, input_matched_rank_one, matched_direction
 from antigrok.mechanism.largest_weight import LARGEST_WEIGHT_COLUMNS, largest_weight_row, participation_fraction
+from antigrok.mechanism.mean_component import bias_compensation, compensation_residual, mean_component
 from antigrok.mechanism.prototypes import PROTOTYPE_COLUMNS, best_match, class_means, pixel_images, prototype_rows
 from antigrok.mechanism.removal import (
     REMOVAL_COLUMNS,
@@ -34,11 +36,8 @@ from antigrok.mechanism.removal import (
     js_divergence,
     removal_rows,
 )
-from antigrok.mechanism.centred_traps import centred_svd, centred_trap_count, centred_trap_indices
-from antigrok.mechanism.input_matched import SecondMoment, input_load, input_matched_rank_one, matched_direction
-from antigrok.mechanism.mean_component import bias_compensation, compensation_residual, mean_component
 from antigrok.mechanism.trap_components import layer_traps, shuffle_permutations, shuffled_svds
-from antigrok.mechanism.confusion import CONFUSION_COLUMNS
+from antigrok.spectra.fast_engine import marchenko_pastur_fit, random_esd_batch
 
 REPO = Path(__file__).resolve().parents[1]
 N, M = 400, 200  # W is (out=M, in=N) as torch stores fc layers: N the larger dimension
@@ -107,7 +106,7 @@ def test_the_trap_count_is_the_workflows(shape, shift):
 
 
 def test_the_shuffle_is_the_workflows_and_the_components_sum_back_to_w():
-    from antigrok.fastspectra import shuffled_weights
+    from antigrok.spectra.fast_engine import shuffled_weights
 
     weight = gaussian(2, (10, 200))
     permutations = shuffle_permutations(weight.shape, 99)
@@ -164,7 +163,7 @@ def test_js_divergence_known_values():
 
 
 def mlp_state(seed: int = 0, widths=(784, 40, 30, 10), shift: float = 0.0) -> dict:
-    from antigrok.models import MLP
+    from antigrok.training.models import MLP
 
     torch.manual_seed(seed)
     state = {k: v.to(torch.float64) * 8 for k, v in MLP(list(widths)).state_dict().items()}
@@ -239,7 +238,7 @@ def test_the_centred_traps_are_the_planted_entry_and_removing_them_keeps_the_mea
     indices = centred_trap_indices(svd, traps)
     assert len(indices) == 1  # the mean is not a centred trap
     # the workflow's num_traps_centered (fastspectra.centered_random_esd above the same threshold)
-    from antigrok.fastspectra import centered_random_esd
+    from antigrok.spectra.fast_engine import centered_random_esd
 
     assert centred_trap_count(weight, traps) == int(np.sum(centered_random_esd(weight, 8) > traps.trap_threshold))
     restored = weight - component_sum(svd, indices)
@@ -252,7 +251,7 @@ def test_the_centred_traps_are_the_planted_entry_and_removing_them_keeps_the_mea
 
 
 def test_the_centred_count_is_traps_csv_on_a_committed_checkpoint():
-    from antigrok.spectral import layer_seed
+    from antigrok.spectra.primitives import layer_seed
 
     run = REPO / "docs/reference/detector_study/runs/mnist_lr2e-3/wd0.0/seed0"
     state = read_state_dict(run / "checkpoints" / "step000100000.safetensors")
@@ -343,8 +342,6 @@ def test_a_model_that_always_says_three_has_all_predictions_in_one_class():
 
 
 def test_edge_checkpoints_are_nearest_in_log_step(tmp_path):
-    assert nearest_step(300, [10, 100, 1000]) == 100
-    assert nearest_step(400, [10, 100, 1000]) == 1000
     phases = pd.DataFrame({"step": [0], "fit_step": [12], "peak_step": [400], "grokking_start_step": [50],
                            "collapse_step": [pd.NA], "anti_grokking_start_step": [pd.NA]})
     files = {step: tmp_path / f"step{step:09d}.pt" for step in (10, 100, 1000)}
@@ -367,7 +364,6 @@ def test_safetensors_and_torch_checkpoints_read_the_same(tmp_path):
 def test_the_columns_are_documented():
     from test_docs import assert_documented_exactly
 
-    from antigrok.mechanism.tables import RUN_KEYS  # noqa: F401 (the tables' columns are checked by test_workflow)
 
     assert_documented_exactly("largest_weight.csv", LARGEST_WEIGHT_COLUMNS)
     assert_documented_exactly("prototypes.csv", PROTOTYPE_COLUMNS)

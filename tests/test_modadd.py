@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from antigrok.data import DataError, prepare_dataset, prepare_modadd
-from antigrok.models import Transformer, build_model, relu_modules
-from antigrok.train import RunSpec, learning_rate, load_checkpoint, train_run
+from antigrok.training.data import DataError, prepare_dataset, prepare_modadd
+from antigrok.training.models import Transformer, build_model, relu_modules
+from antigrok.training.train import RunSpec, learning_rate, load_checkpoint, train_run
 
 
 def transformer_cfg(modulus: int, d_model: int = 16, num_heads: int = 4, num_layers: int = 1, **options) -> dict:

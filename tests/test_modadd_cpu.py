@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from antigrok.data import prepare_dataset
-from antigrok.models import Transformer, build_model, relu_modules
-from antigrok.train import RunSpec, check_model_fits_data
+from antigrok.training.data import prepare_dataset
+from antigrok.training.models import Transformer, build_model, relu_modules
+from antigrok.training.train import RunSpec, check_model_fits_data
 from antigrok.workflow_config import load_workflow_config
 from conftest import REPO, copy_workflow
 

@@ -17,9 +17,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from antigrok import cli, htsr, loading
-from antigrok.analyze import POOLED_TRAPS_NOTE, analyze_model
-from antigrok.torchscript import is_torchscript_archive
+from antigrok import cli
+from antigrok import htsr
+from antigrok.formats import loading
+from antigrok.formats.torchscript import is_torchscript_archive
+from antigrok.spectra import primitives as spectral
+from antigrok.spectra.ww_engine import import_weightwatcher
+from antigrok.users.analyze import POOLED_TRAPS_NOTE, analyze_model
 
 ERROR = "antigrok analyze: error:"
 
@@ -202,7 +206,7 @@ def test_onnx_initializers_give_weightwatchers_onnx_numbers(tmp_path, ww):
                             "initializers only)"]
     model = onnx.load(str(path))
     for layer_id, layer in [(0, "conv"), (2, "fc")]:
-        np.random.seed(htsr.layer_seed(0, 0, layer))
+        np.random.seed(spectral.layer_seed(0, 0, layer))
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             theirs = ww.WeightWatcher(model=model).analyze(layers=[layer_id], randomize=True, fix_fingers="clip_xmax",
@@ -331,4 +335,4 @@ def test_a_folder_without_model_files_names_what_it_holds(tmp_path):
 
 @pytest.fixture(scope="module")
 def ww():
-    return htsr._weightwatcher()
+    return import_weightwatcher()

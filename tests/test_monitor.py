@@ -12,7 +12,7 @@ import torch
 
 from antigrok.htsr import HTSR_COLUMNS, analyze_state_dict
 from antigrok.monitor import MONITOR_COLUMNS, AlarmWatch, SpectralAlarmWarning, SpectralMonitor
-from antigrok.summary import alarm_conditions, firing_steps
+from antigrok.study.detector import alarm_conditions, firing_steps
 
 # ----------------------------------------------------------------------------- hand-made histories
 
@@ -90,7 +90,7 @@ def test_alarm_values_name_the_layers():
 
 
 def test_the_watch_is_the_workflow_detector():
-    """The same rows through antigrok.summary's run-level code give the same firings."""
+    """The same rows through antigrok.study.tables's run-level code give the same firings."""
     watch = AlarmWatch(["fc1", "fc2"], alpha_critical=2.0, min_consecutive=2, armed_from=20)
     feed(watch, HISTORY)
     rows = pd.concat([history_rows(*values) for values in HISTORY]).assign(experiment="exp", weight_decay=0.0, seed=0)

@@ -1,6 +1,6 @@
 """docs/monitor.md: its three snippets run as they are (plain PyTorch, Lightning, Hugging Face) and
 none stops a run on an alarm; its table of what the alarms are worth is what the committed study
-tables say (antigrok.rule_worth reads them)."""
+tables say (antigrok.study.rule_worth reads them)."""
 
 import re
 import warnings
@@ -8,7 +8,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from antigrok import rule_worth
+from antigrok.study import rule_worth
 from conftest import REPO
 
 DOC = REPO / "docs" / "monitor.md"
@@ -43,7 +43,7 @@ def test_no_snippet_stops_a_run_on_an_alarm():
 
 
 def test_the_worth_table_is_the_committed_studies():
-    """Every row of "What the alarms are worth" is what antigrok.rule_worth reads from the study's
+    """Every row of "What the alarms are worth" is what antigrok.study.rule_worth reads from the study's
     committed tables, and each of the paper's rules is there for every study."""
     text = DOC.read_text()
     section = text[text.index("## What the alarms are worth"):text.index("## How it works")]

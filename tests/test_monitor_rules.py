@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import antigrok.monitor as monitor_module
-from antigrok import rule_worth
-from antigrok.monitor.alarms import PAPER_RULES
 from antigrok.monitor import MONITOR_COLUMNS, RuleWatch, SpectralAlarmWarning, SpectralMonitor
-from antigrok.warning_rules import WarningRule
+from antigrok.monitor.alarms import PAPER_RULES
+from antigrok.study import rule_worth
+from antigrok.study.warning_rules import WarningRule
 from conftest import REPO
 
 STUDY = REPO / "docs" / "reference" / "detector_study"

@@ -1,4 +1,4 @@
-"""antigrok.mxfp4: gpt-oss's MXFP4 experts, dequantized as transformers does, one expert at a time."""
+"""antigrok.formats.mxfp4: gpt-oss's MXFP4 experts, dequantized as transformers does, one expert at a time."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from antigrok import cli, loading, mxfp4
-from antigrok.analyze import analyze_path
-from antigrok.gpt_oss_synthetic import write_gpt_oss_folder
+from antigrok import cli
+from antigrok.formats import loading
+from antigrok.formats import mxfp4
+from antigrok.users.analyze import analyze_path
+from gpt_oss_synthetic import write_gpt_oss_folder
 
 LAYERS, EXPERTS, HIDDEN, INTERMEDIATE = 2, 3, 64, 96
 

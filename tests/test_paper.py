@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from antigrok.paper import compare_with_paper, comparison_markdown, read_paper_tables, write_paper_comparison
-from antigrok.summary import TIDY_COLUMNS
+from antigrok.study.paper import compare_with_paper, comparison_markdown, read_paper_tables, write_paper_comparison
+from antigrok.study.tables import TIDY_COLUMNS
 from conftest import REPO
 
 PAPER_CSV = REPO / "workflow" / "resources" / "paper_tables.csv"

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from antigrok.phases import (
+from antigrok.study.phases import (
     PHASES_COLUMNS,
     PhaseThresholds,
     edges_from_phases,

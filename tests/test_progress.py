@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from antigrok.models import build_model
-from antigrok.progress import (
+from antigrok.study.progress import (
     ProgressSettings,
     abs_weight_entropy,
     activation_sparsity,
@@ -23,6 +21,7 @@ from antigrok.progress import (
     pruning_masks,
     weight_matrices,
 )
+from antigrok.training.models import build_model
 
 
 class TinyMLP(nn.Module):

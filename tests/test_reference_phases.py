@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from antigrok.phases import PhaseThresholds, edges_from_phases, segment_phases
+from antigrok.study.phases import PhaseThresholds, edges_from_phases, segment_phases
 from conftest import REPO
 
 REFERENCE = REPO / "docs" / "reference" / "cpu"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from antigrok.rescaled_comparison import (
+from antigrok.study.rescaled_comparison import (
     RunRows,
     phase_anchors,
     plot_same_time,

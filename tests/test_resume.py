@@ -1,4 +1,4 @@
-"""The resume protocol (antigrok.resume): a job killed at any point of finishing a run, in either
+"""The resume protocol (antigrok.training.resume): a job killed at any point of finishing a run, in either
 engine, is completed by its rerun with the full, bit-identical checkpoint set and train log."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
-from antigrok import resume
-from antigrok.batched import train_runs
-from antigrok.train import BatchOrder, checkpoint_steps, load_checkpoint, train_run
+from antigrok.training import resume
+from antigrok.training.batched import train_runs
+from antigrok.training.schedule import checkpoint_steps
+from antigrok.training.train import BatchOrder, load_checkpoint, train_run
 from test_batched import SMALL_EXPERIMENT, small_dataset, specs_for
 from test_train import tiny_dataset, tiny_spec
 
-# Every point where finishing can stop, in order (antigrok.resume calls _crash_point there).
+# Every point where finishing can stop, in order (antigrok.training.resume calls _crash_point there).
 CRASH_POINTS = ["train log staged", "run marked", "state removed", "old checkpoints removed",
                 "checkpoints moved", "train log moved", "resume files removed", "mark removed"]
 STEPS = 20  # small: every finishing point is reached just the same
@@ -140,8 +141,8 @@ KILLED_WHILE_FINISHING = textwrap.dedent(
     import os, signal, sys
     sys.path.insert(0, {tests!r})
     from test_train import tiny_dataset, tiny_spec
-    from antigrok import resume
-    from antigrok.train import train_run
+    from antigrok.training import resume
+    from antigrok.training.train import train_run
 
     def crash_point(name):
         if name == {point!r}:

@@ -1,4 +1,4 @@
-"""The transformer search's outcome definitions (antigrok.search_outcome) on synthetic train logs."""
+"""The transformer search's outcome definitions (antigrok.study.search_outcome) on synthetic train logs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from antigrok.search_outcome import OUTCOMES, classify, outcome_table
+from antigrok.study.search_outcome import SEARCH_OUTCOMES, classify, outcome_table
 from conftest import REPO
 
 
@@ -122,7 +122,7 @@ def test_outcome_table_has_one_row_per_run(tmp_path):
     table = outcome_table(paths)
     assert table["run"].tolist() == ["holds", "collapses"]
     assert table["outcome"].tolist() == ["grokked", "collapsed"]
-    assert set(table["outcome"]) <= set(OUTCOMES)
+    assert set(table["outcome"]) <= set(SEARCH_OUTCOMES)
 
 
 def test_the_script_lists_every_run_of_a_results_folder(tmp_path, capsys):

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from antigrok.centred_trap_counts import centred_trap_summary, run_centred_traps
-from antigrok.outcome_continuum import combine_layers, rank_correlations, run_decline, spearman_with_bootstrap
-from antigrok.warning_rules import WarningRule
+from antigrok.study.centred_trap_counts import centred_trap_summary, run_centred_traps
+from antigrok.study.outcome_continuum import combine_layers, rank_correlations, run_decline, spearman_with_bootstrap
+from antigrok.study.warning_rules import WarningRule
 from conftest import REPO
 
 STEPS = np.unique(np.concatenate([np.round(np.logspace(0, 5, 200)).astype(int), [1000]]))

@@ -6,25 +6,21 @@ import pandas as pd
 import pytest
 from conftest import dry_run_jobs, snakemake
 
-from antigrok.summary import (
+from antigrok.runs import parse_run_dir
+from antigrok.study.detector import (
     DETECTOR_COLUMNS,
     DETECTOR_SUMMARY_COLUMNS,
-    TIDY_COLUMNS,
     alarm_conditions,
     alarm_outcome,
-    average_alpha,
     departure_condition,
     detector_summary,
     detector_table,
     first_alarm_step,
     firing_steps,
     spectral_conditions,
-    parse_run_dir,
-    table1_alpha,
-    table2_traps,
     write_detector_tables,
-    write_paper_tables,
 )
+from antigrok.study.tables import TIDY_COLUMNS, average_alpha_rows, table1_alpha, table2_traps, write_paper_tables
 
 CHECKPOINTS = [0, 10, 100, 1000, 10000]
 LABELS = {  # per seed of (exp, wd 0.0): the phase of each logged step (5000 is logged, not a checkpoint)
@@ -71,7 +67,7 @@ def cell(tidy, weight_decay, phase, layer):
 
 
 def test_average_alpha_is_nan_when_a_listed_layer_failed():
-    average = average_alpha(hand_made_htsr(), {"exp": ["fc1", "fc2"]})
+    average = average_alpha_rows(hand_made_htsr(), {"exp": ["fc1", "fc2"]})
     at = average.set_index(["weight_decay", "seed", "step"])["alpha"]
     assert at[(0.0, 1, 100)] == pytest.approx(fc1_alpha(1, 100) + 0.25)
     assert math.isnan(at[(0.0, 2, 10000)])
@@ -79,7 +75,7 @@ def test_average_alpha_is_nan_when_a_listed_layer_failed():
 
 def test_average_alpha_names_a_missing_layer():
     with pytest.raises(ValueError, match=r"average_layers\[exp\].*fc9"):
-        average_alpha(hand_made_htsr(), {"exp": ["fc1", "fc9"]})
+        average_alpha_rows(hand_made_htsr(), {"exp": ["fc1", "fc9"]})
 
 
 def test_table1_mean_std_n_seeds_at_the_right_edge_of_each_phase():
@@ -497,7 +493,7 @@ def test_changing_a_phase_threshold_reruns_only_phases_and_what_follows(smoke_wo
 
 
 def test_markdown_tables_say_which_lr_and_steps_made_them():
-    from antigrok.summary import tidy_to_markdown
+    from antigrok.study.tables import tidy_to_markdown
 
     tidy = pd.DataFrame([{"experiment": "mnist_lr5e-3", "weight_decay": 0.0, "phase": phase, "layer": "fc1",
                           "metric": "alpha", "mean": 3.0, "std": 0.1, "n_seeds": 2, "edge_step_median": 10.0}

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from antigrok.phases import PhaseThresholds, segment_phases
-from antigrok.timescale import TIMESCALE_COLUMNS, peak_step_slope, timescale_table, write_timescale
+from antigrok.study.phases import PhaseThresholds, segment_phases
+from antigrok.study.timescale import TIMESCALE_COLUMNS, peak_step_slope, timescale_table, write_timescale
 
 STEPS = np.unique(np.rint(np.geomspace(1, 1e6, 300)).astype(int))
 

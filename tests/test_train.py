@@ -11,16 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from antigrok.models import build_model
-from antigrok.train import (
-    BatchOrder,
-    NonFiniteLossError,
-    RunSpec,
-    checkpoint_steps,
-    load_checkpoint,
-    log_steps,
-    train_run,
-)
+from antigrok.training.models import build_model
+from antigrok.training.schedule import checkpoint_steps, log_steps
+from antigrok.training.train import BatchOrder, NonFiniteLossError, RunSpec, load_checkpoint, train_run
 
 TINY_EXPERIMENT = {
     "dataset": {"name": "mnist"},
@@ -133,7 +126,7 @@ RESUMABLE_RUN = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from test_train import tiny_dataset, tiny_spec
-    from antigrok.train import train_run
+    from antigrok.training.train import train_run
     train_run(tiny_spec(steps=4000), tiny_dataset(zero_columns={zero_columns!r}), {run_dir!r}, device="cpu",
               resume_every_s=0.0, progress=False, cpu_engine={cpu_engine!r})
     """

@@ -1,4 +1,4 @@
-"""Correlation Traps (antigrok.traps): WeightWatcher's count at scale 1, thresholds, files, and a
+"""Correlation Traps (antigrok.spectra.traps): WeightWatcher's count at scale 1, thresholds, files, and a
 threshold change that reruns only the traps rule."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from antigrok import htsr, spectral, traps
+from antigrok import htsr
+from antigrok.spectra import primitives as spectral
+from antigrok.spectra import traps
 from conftest import dry_run_jobs, snakemake
 
 
@@ -61,7 +63,7 @@ def test_scale_one_equals_weightwatchers_count_exactly(spectra_files, weightwatc
     table = traps.write_traps(spectra_files / "htsr.csv", spectra_files / "spectra.npz",
                               spectra_files / "traps.csv", tracy_widom_scale=1.0)
     assert list(table.columns) == traps.TRAPS_COLUMNS
-    stats = htsr.read_htsr(spectra_files / "htsr.csv")
+    stats = spectral.read_htsr(spectra_files / "htsr.csv")
     assert [weightwatcher_counts[key] for key in zip(table["step"], table["layer"])] == table["num_traps"].tolist()
     assert table["num_traps"].tolist() == stats["ww_num_traps"].tolist()
     counts = dict(zip(zip(table["step"], table["layer"]), table["num_traps"]))
@@ -69,7 +71,7 @@ def test_scale_one_equals_weightwatchers_count_exactly(spectra_files, weightwatc
     # The file, read back, says the same; the trap eigenvalues are the largest, descending.
     written = pd.read_csv(spectra_files / "traps.csv", keep_default_na=False)
     assert written["num_traps"].tolist() == stats["ww_num_traps"].tolist()
-    spectra = htsr.load_spectra(spectra_files / "spectra.npz")
+    spectra = spectral.load_spectra(spectra_files / "spectra.npz")
     for row in written.itertuples():
         values = [float(v) for v in row.trap_eigenvalues.split(";")] if row.trap_eigenvalues else []
         assert len(values) == row.num_traps
@@ -83,8 +85,8 @@ def test_scale_one_equals_weightwatchers_count_exactly(spectra_files, weightwatc
 
 
 def test_larger_scale_fewer_traps_scale_zero_is_the_bulk_edge(spectra_files):
-    stats = htsr.read_htsr(spectra_files / "htsr.csv")
-    spectra = htsr.load_spectra(spectra_files / "spectra.npz")
+    stats = spectral.read_htsr(spectra_files / "htsr.csv")
+    spectra = spectral.load_spectra(spectra_files / "spectra.npz")
     by_scale = {scale: traps.compute_traps(stats, spectra, scale) for scale in (0.0, 1.0, 3.0, 1e6)}
     for lower, higher in [(0.0, 1.0), (1.0, 3.0), (3.0, 1e6)]:
         assert (by_scale[lower]["num_traps"] >= by_scale[higher]["num_traps"]).all()
@@ -120,7 +122,7 @@ def test_smoke_traps_reproduce_weightwatcher_on_real_checkpoints(smoke_workdir):
     runs = sorted(smoke_workdir.glob("results/runs/*/*/*"))
     assert runs
     for run in runs:
-        stats = htsr.read_htsr(run / "htsr.csv")
+        stats = spectral.read_htsr(run / "htsr.csv")
         table = pd.read_csv(run / "traps.csv")
         assert list(stats.columns) == htsr.HTSR_COLUMNS
         assert list(table.columns) == traps.TRAPS_COLUMNS
@@ -161,8 +163,8 @@ def test_threshold_changes_rerun_only_what_reads_them(smoke_workdir):
 
 
 def test_a_mean_shift_is_one_raw_trap_and_none_once_the_mean_is_removed(spectra_files):
-    table = traps.compute_traps(htsr.read_htsr(spectra_files / "htsr.csv"),
-                                htsr.load_spectra(spectra_files / "spectra.npz"), 1.0).set_index(["step", "layer"])
+    table = traps.compute_traps(spectral.read_htsr(spectra_files / "htsr.csv"),
+                                spectral.load_spectra(spectra_files / "spectra.npz"), 1.0).set_index(["step", "layer"])
     spike = table.loc[(0, "spike")]
     assert (spike["num_traps"], spike["num_traps_centered"]) == (1, 0)
     # the raw outlier sits where the BBP formula puts a rank-one spike s = mu^2 N M on unit-variance noise
@@ -177,15 +179,15 @@ def test_a_mean_shift_is_one_raw_trap_and_none_once_the_mean_is_removed(spectra_
 
 
 def test_traps_of_large_entries_survive_centering(spectra_files):
-    table = traps.compute_traps(htsr.read_htsr(spectra_files / "htsr.csv"),
-                                htsr.load_spectra(spectra_files / "spectra.npz"), 1.0).set_index(["step", "layer"])
+    table = traps.compute_traps(spectral.read_htsr(spectra_files / "htsr.csv"),
+                                spectral.load_spectra(spectra_files / "spectra.npz"), 1.0).set_index(["step", "layer"])
     heavy = table.loc[(0, "heavy")]
     assert heavy["num_traps"] >= 2
     assert heavy["num_traps_centered"] >= heavy["num_traps"] - 1
 
 
 def test_centered_spectrum_is_the_shuffled_draws_minus_their_mean():
-    from antigrok.fastspectra import centered_random_esd, shuffled_weights
+    from antigrok.spectra.fast_engine import centered_random_esd, shuffled_weights
 
     weight = mean_shift(gaussian(rows=30, cols=50, seed=7), 20.0)
     replicas = shuffled_weights(weight, 11)

@@ -1,4 +1,4 @@
-"""Warning rules scored on synthetic runs whose answers are known (antigrok.warning_rules)."""
+"""Warning rules scored on synthetic runs whose answers are known (antigrok.study.warning_rules)."""
 
 import math
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from antigrok.warning_rules import (
+from antigrok.study.warning_rules import (
     WarningRule,
     evaluate_run,
     exact_binomial_interval,

@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from antigrok.train import checkpoint_steps
+from antigrok.training.schedule import checkpoint_steps
 from conftest import REPO, snakemake
 
 pytestmark = pytest.mark.slow

@@ -4,9 +4,13 @@ import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from antigrok.train import RunSpec
+from antigrok.mechanism.removal import RemovalSettings
+from antigrok.schema import SCHEMA, section_defaults
+from antigrok.study.detector import DEFAULT_DETECTOR
+from antigrok.study.phases import PhaseThresholds
+from antigrok.study.progress import ProgressSettings
+from antigrok.training.train import RunSpec
 from antigrok.workflow_config import (
-    SCHEMA,
     batched_unsupported_reason,
     describe_experiment,
     load_workflow_config,
@@ -66,6 +70,31 @@ def test_the_experiment_label_carries_lr_and_steps():
     assert describe_experiment("mnist_lr5e-3", experiments) == (
         "mnist_lr5e-3: mlp 784-200-200-10, adamw lr 0.005, 200000 steps, batch 200, float64")
     assert "lr and steps unknown" in describe_experiment("other", experiments)
+
+
+def test_the_experiment_label_of_a_transformer_gives_its_d_model():
+    experiments = load_workflow_config()["experiments"]
+    assert describe_experiment("modadd_transformer", experiments) == (
+        "modadd_transformer: transformer d_model 128, adamw lr 0.001, 1000000 steps, batch 12769, float64")
+
+
+def test_the_settings_take_their_defaults_from_the_schema():
+    config = load_workflow_config()  # config.yaml leaves these sections to the schema
+    assert PhaseThresholds() == PhaseThresholds(**section_defaults("phases"))
+    assert ProgressSettings() == ProgressSettings.from_mapping(section_defaults("progress"))
+    assert DEFAULT_DETECTOR == section_defaults("detector")
+    assert RemovalSettings() == RemovalSettings.from_config(section_defaults("mechanism"),
+                                                            section_defaults("traps")["tracy_widom_scale"])
+    spec = RunSpec("x", {}, 0.0, 0)
+    assert (spec.checkpoint_per_decade, spec.log_per_decade) == (section_defaults("checkpoints")["per_decade"],
+                                                                 section_defaults("log")["per_decade"])
+    assert set(section_defaults("phases")) <= set(config["phases"])
+
+
+def test_scripts_load_the_config_through_the_one_loader():
+    readers = [path.relative_to(REPO) for folder in ("scripts", "benchmarks", "workflow/scripts")
+               for path in sorted((REPO / folder).rglob("*.py")) if "yaml.safe_load" in path.read_text()]
+    assert not readers, f"{readers} read a YAML config directly; use antigrok.workflow_config.load_workflow_config"
 
 
 SHIPPED_CONFIGS = [None, REPO / "tests" / "smoke.yaml",

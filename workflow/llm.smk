@@ -1,10 +1,10 @@
-# One large language model, analysed as one job per transformer block (antigrok.llm):
+# One large language model, analysed as one job per transformer block (antigrok.users.llm):
 #   snakemake -s workflow/llm.smk --configfile configs/llm.yaml --cores 2
 #   snakemake -s workflow/llm.smk --configfile configs/llm.yaml --profile profiles/slurm
 # A killed or preempted job reruns only its block; the gather waits for all of them.
 from snakemake.utils import min_version, validate
 
-from antigrok.llm import model_parts, open_single_model
+from antigrok.users.llm import model_parts, open_single_model
 
 min_version("9.0")
 

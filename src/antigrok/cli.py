@@ -6,7 +6,7 @@
 HTSR metrics and Correlation Traps of model files, from the weights alone: workflow checkpoints,
 state_dicts and checkpoints holding one under a common key, ``.safetensors``, ``.npz`` and ``.onnx``
 files, TorchScript archives, Hugging Face model folders (sharded or not, safetensors or
-pytorch_model.bin) and folders of any of these (antigrok.loading: no file's code is run). One CSV
+pytorch_model.bin) and folders of any of these (antigrok.formats.loading: no file's code is run). One CSV
 row per (model, weight matrix or conv kernel): ``path``, the columns of htsr.csv, ``num_traps``
 (Tracy-Widom scale 1.0), ``num_traps_centered`` (the same with the shuffled matrix's mean-shift
 outlier removed) and ``stored_dtype``. Tensors are read and analysed one at a time, in float64.
@@ -39,8 +39,8 @@ class AnalyzeError(Exception):
 def _openers(paths: list[str]) -> tuple[list, list[dict], list[str]]:
     """(path, opener) of every model the paths hold, the files they hold that are not read (rows of
     the skipped table), and error lines for paths that hold no model."""
-    from antigrok.analyze import skipped_file_row
-    from antigrok.loading import ModelFileError, folder_plan
+    from antigrok.users.analyze import skipped_file_row
+    from antigrok.formats.loading import ModelFileError, folder_plan
 
     openers, skipped_files, errors = [], [], []
     for raw in paths:
@@ -56,9 +56,9 @@ def _openers(paths: list[str]) -> tuple[list, list[dict], list[str]]:
 
 def _analyze_one(path: Path, opener, args, layers, bar):
     """The analysis of one model, or AnalyzeError naming its path and why."""
-    from antigrok.analyze import NOT_SELECTED, analyze_model
+    from antigrok.users.analyze import NOT_SELECTED, analyze_model
     from antigrok.htsr import skipped_summary
-    from antigrok.loading import ModelFileError
+    from antigrok.formats.loading import ModelFileError
 
     try:
         source = opener()
@@ -104,7 +104,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from antigrok.analyze import SKIPPED_COLUMNS, summary_lines
+    from antigrok.users.analyze import SKIPPED_COLUMNS, summary_lines
 
     if args.fix_fingers == "false":
         args.fix_fingers = False

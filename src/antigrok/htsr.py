@@ -4,7 +4,7 @@ One layer at a time, through WeightWatcher 0.7.5.5 (the version the paper used),
 the authors call it: ``analyze(randomize=True, fix_fingers='clip_xmax')`` (``mp_fit``,
 ``vectors`` and ``detX`` change none of the columns kept here, so they are left off). The
 quantities below are what that call computes, read from its source; an independent engine
-(``htsr.engine: fast``, ``antigrok.fastspectra``) must reproduce them.
+(``htsr.engine: fast``, ``antigrok.spectra.fast_engine``) must reproduce them.
 
 Notation: ``W`` is the weight as torch stores it, shape (out, in), float64. WeightWatcher
 writes ``N = max(W.shape)``, ``M = min(W.shape)``, ``Q = N / M >= 1``. Columns ``rows`` and
@@ -65,7 +65,7 @@ MP fit of the randomized ESD (weightwatcher.mp_fit, RMT_Util.fit_density_with_ra
     ``rand_num_spikes = #(x > lp + sqrt(TW))`` -> column ``ww_num_traps``.
     Columns in eigenvalue units (like ``rand_evals``): ``rand_lambda_plus = lp / Wscale^2``
     (WeightWatcher's ``rand_bulk_max``), ``rand_tw_term = sqrt(TW) / Wscale^2``,
-    ``rand_tw_cutoff = rand_lambda_plus + rand_tw_term``. antigrok.traps recounts traps from
+    ``rand_tw_cutoff = rand_lambda_plus + rand_tw_term``. antigrok.spectra.traps recounts traps from
     ``rand_evals``, ``rand_sigma_mp``, ``rows``, ``cols`` with these exact operations.
 
 MP KS test (Appendix D; not in WeightWatcher)
@@ -74,7 +74,7 @@ MP KS test (Appendix D; not in WeightWatcher)
     ``mp_ks_pvalue``. Same units as the fit, so sigma is WeightWatcher's.
 
 WeightWatcher prints at import and installs a root logging handler and an "ignore all"
-warnings filter; ``_weightwatcher()`` (antigrok.weightwatcher_engine, the WeightWatcher engine
+warnings filter; ``import_weightwatcher()`` (antigrok.spectra.ww_engine, the WeightWatcher engine
 and its size limits) imports it lazily and undoes both. Its own log
 records are captured per call (they give the reason of a failed fit). The global NumPy RNG
 state of the caller is restored after every layer. Not thread-safe (global RNG, stdout):
@@ -94,36 +94,16 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from antigrok.fastspectra import analyze_layer_fast, centered_random_esd
 from antigrok.files import write_csv_atomically
-from antigrok.loading import read_checkpoint, to_float64
-from antigrok.runs import refuse_held_elsewhere
-from antigrok.spectral import (  # noqa: F401 (mp_edges, mp_cdf, load_spectra, read_htsr: re-exported)
-    CENTERED_RAND_EVALS,
-    layer_name,
-    layer_seed,
-    load_spectra,
-    mp_cdf,
-    mp_edges,
-    mp_ks_test,
-    read_htsr,
-    save_spectra,
-    spectrum_key,
-    tracy_widom_cutoff,
-)
-from antigrok.traps import compute_traps
-from antigrok.weightwatcher_engine import (  # noqa: F401 (re-exported: htsr's names before the split)
-    _GENERIC_FAILURE_MESSAGES,
-    MAX_EVALS,
-    MAX_N,
+from antigrok.formats.loading import read_checkpoint, to_float64
+from antigrok.runs import checkpoint_files, refuse_held_elsewhere
+from antigrok.spectra.fast_engine import analyze_layer_fast, centered_random_esd
+from antigrok.spectra.primitives import CENTERED_RAND_EVALS, layer_name, layer_seed, save_spectra, spectrum_key
+from antigrok.spectra.traps import compute_traps
+from antigrok.spectra.ww_engine import (
     MIN_EVALS,
-    _check_weight,
-    _finite_or_nan,
-    _layer_result,
-    _RecordHandler,
-    _recording_watcher_class,
-    _unanalyzable,
-    _weightwatcher,
+    check_weight,
+    import_weightwatcher,
     analyze_layer_ww,
     unanalyzable_reason,
 )
@@ -164,7 +144,7 @@ def analyze_layer(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax", eng
     """HTSR metrics of one weight matrix (out, in), float64: every htsr.csv column but
     step, layer and analysis_seconds, plus the arrays ``evals`` and ``rand_evals``.
 
-    ``engine``: ``weightwatcher`` (the reference) or ``fast`` (antigrok.fastspectra, which
+    ``engine``: ``weightwatcher`` (the reference) or ``fast`` (antigrok.spectra.fast_engine, which
     must return the same). ``seed`` seeds the randomization (see ``layer_seed``).
     """
     if fix_fingers not in ("clip_xmax", False, None):
@@ -173,7 +153,7 @@ def analyze_layer(weight: np.ndarray, *, seed: int, fix_fingers="clip_xmax", eng
     if engine == "weightwatcher":
         return analyze_layer_ww(weight, seed=seed, fix_fingers=fix_fingers)
     if engine == "fast":
-        result = analyze_layer_fast(_check_weight(weight), seed=seed, fix_fingers=fix_fingers)
+        result = analyze_layer_fast(check_weight(weight), seed=seed, fix_fingers=fix_fingers)
         missing = [key for key in LAYER_KEYS if key not in result]
         if missing:
             raise RuntimeError(f"htsr engine 'fast' returned no {missing}; it must return {LAYER_KEYS}")
@@ -189,7 +169,7 @@ def weight_skip_reason(name: str, shape: Sequence[int], floating: bool = True, d
     and dtype alone: the one rule of analyze_state_dict, the monitor and ``antigrok analyze``.
 
     Analysed: 2-D floating matrices (Linear, Embedding, LSTM, attention, ...) and conv kernels
-    (antigrok.kernels: 4-D, and 3-D tensors named ``*.weight`` as nn.Conv1d names them; other 3-D
+    (antigrok.spectra.kernels: 4-D, and 3-D tensors named ``*.weight`` as nn.Conv1d names them; other 3-D
     tensors, e.g. stacked expert matrices, are not kernels), within WeightWatcher's size limits.
     """
     shape = tuple(int(n) for n in shape)
@@ -210,7 +190,7 @@ def weight_skip_reason(name: str, shape: Sequence[int], floating: bool = True, d
 def weight_matrices(state_dict: Mapping) -> dict[str, np.ndarray]:
     """The analysable weights of a state_dict as float64 arrays, by layer name (``fc1.weight`` -> ``fc1``).
 
-    2-D matrices (embeddings included) and conv kernels (3-D / 4-D, antigrok.kernels), chosen by
+    2-D matrices (embeddings included) and conv kernels (3-D / 4-D, antigrok.spectra.kernels), chosen by
     ``weight_skip_reason``; the others are skipped, those of 2 or more dimensions with a log line
     that says why. (The name is from before conv kernels were analysed.)
     """
@@ -312,10 +292,10 @@ def analyze_with_traps(matrices: Mapping[str, np.ndarray], *, run_seed: int, ste
 def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xmax", engine: str = DEFAULT_ENGINE,
                        step: int = 0) -> pd.DataFrame:
     """HTSR metrics of a model's weights, no data needed: one row per analysable weight matrix or conv
-    kernel (``weight_skip_reason``; a kernel as WeightWatcher pools it, antigrok.kernels).
+    kernel (``weight_skip_reason``; a kernel as WeightWatcher pools it, antigrok.spectra.kernels).
 
     Columns: htsr.csv's, plus ``num_traps`` (Correlation Traps at Tracy-Widom scale 1.0) and
-    ``num_traps_centered`` (the same with the mean-shift outlier removed, antigrok.traps).
+    ``num_traps_centered`` (the same with the mean-shift outlier removed, antigrok.spectra.traps).
     ``seed`` and ``step`` pick the randomization as the workflow does for (run seed, step),
     so a checkpoint analyzed here gives the row of its run's htsr.csv.
     """
@@ -331,13 +311,13 @@ def analyze_state_dict(state_dict: Mapping, seed: int = 0, fix_fingers="clip_xma
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_files(checkpoints: str | Path | Iterable) -> list[Path]:
-    """The ``*.pt`` files of a folder (sorted), or the given list of files."""
+def checkpoints_to_analyze(checkpoints: str | Path | Iterable) -> list[Path]:
+    """The ``step*.pt`` files of a checkpoint folder (by step), or the given list of files."""
     if isinstance(checkpoints, (str, Path)) and Path(checkpoints).is_dir():
         refuse_held_elsewhere(checkpoints)
-        files = sorted(Path(checkpoints).glob("*.pt"))
+        files = list(checkpoint_files(checkpoints, (".pt",)).values())
         if not files:
-            raise FileNotFoundError(f"{checkpoints}: no *.pt checkpoint files in this folder")
+            raise FileNotFoundError(f"{checkpoints}: no step*.pt checkpoint files in this folder")
         return files
     if isinstance(checkpoints, (str, Path)):
         return [Path(checkpoints)]
@@ -386,7 +366,7 @@ def analyze_checkpoints(checkpoints, run_seed: int | None = None, fix_fingers="c
     """
     from tqdm import tqdm
 
-    files = checkpoint_files(checkpoints)
+    files = checkpoints_to_analyze(checkpoints)
     all_rows, all_arrays = [], {}
 
     def collect(path, rows, arrays, seconds):
@@ -404,7 +384,7 @@ def analyze_checkpoints(checkpoints, run_seed: int | None = None, fix_fingers="c
         import multiprocessing
 
         if engine == "weightwatcher":
-            _weightwatcher()  # imported once here (~4 s), inherited by the forked workers
+            import_weightwatcher()  # imported once here (~4 s), inherited by the forked workers
         context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
         with ProcessPoolExecutor(max_workers=min(threads, len(files)), mp_context=context,
                                  initializer=_limit_worker_threads) as pool:

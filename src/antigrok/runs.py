@@ -1,6 +1,11 @@
-"""Run folders and their CSVs: the run (experiment, weight decay, seed) of a results file, read
-from its path ``.../runs/{experiment}/wd{weight_decay}/seed{seed}/{file}``, and the per-run CSVs
-of many runs as one frame tagged with it."""
+"""The layout of a run folder, in one place: where a run (experiment, weight decay, seed) lives,
+its checkpoint files and the checkpoint nearest a step, its per-run CSVs, and the run of a path.
+
+    results/runs/{experiment}/wd{weight_decay}/seed{seed}/      RUN_DIR
+        checkpoints/step{step:09d}.pt                           checkpoint_path(.., step)
+        checkpoints/step{step:09d}.safetensors                  (the references' kept checkpoints)
+        train_log.csv, htsr.csv, traps.csv, progress.csv, phases.csv
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,49 @@ import pandas as pd
 from antigrok.files import write_text_atomically
 
 RUN_KEYS = ["experiment", "weight_decay", "seed"]
+RESULTS = "results"
+RUN_DIR = RESULTS + "/runs/{experiment}/wd{weight_decay}/seed{seed}"  # a Snakemake pattern too
+RUN_FOLDERS = "*/wd*/seed*"  # the glob of the run folders below a runs/ folder
+CHECKPOINTS = "checkpoints"  # a run's checkpoint folder, below RUN_DIR
+TRAIN_LOG = "train_log.csv"
+HTSR_CSV = "htsr.csv"
+TRAPS_CSV = "traps.csv"
+PROGRESS_CSV = "progress.csv"
+PHASES_CSV = "phases.csv"
+CHECKPOINT_NAME = re.compile(r"step(\d+)\.(pt|safetensors)")
 # In a run's checkpoint folder: the checkpoints trained and analysed on another machine
-# (a run continued from a copied resume state; antigrok.resume, docs/long-runs.md).
+# (a run continued from a copied resume state; antigrok.training.resume, docs/long-runs.md).
 HELD_ELSEWHERE = "held_elsewhere.json"
 # .../<experiment>/wd<weight decay>/seed<seed>/... (under results/runs/ in the workflow)
 RUN_PATH = re.compile(r"(?:^|/)(?P<experiment>[^/]+)/wd(?P<weight_decay>[^/]+)/seed(?P<seed>\d+)(?:/|$)")
-_RUN_PATH = RUN_PATH
+
+
+def checkpoint_path(checkpoint_dir: str | Path, step: int, suffix: str = ".pt") -> Path:
+    """The file of the checkpoint at ``step`` in a checkpoint folder (``.pt`` as the train rule
+    writes it, ``.safetensors`` as a reference keeps it)."""
+    return Path(checkpoint_dir) / f"step{int(step):09d}{suffix}"
+
+
+def checkpoint_files(folder: str | Path, suffixes=(".pt", ".safetensors")) -> dict[int, Path]:
+    """{step: file} of the ``step{step}.pt`` / ``.safetensors`` files of a folder, by step; empty
+    when the folder has none or does not exist. Where a step has both, the ``.pt`` file."""
+    folder = Path(folder)
+    found: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = CHECKPOINT_NAME.fullmatch(path.name)
+        if match and path.suffix in suffixes:
+            found.setdefault(int(match.group(1)), path)
+    return dict(sorted(found.items()))
+
+
+def nearest_checkpoint_step(steps, target: int) -> int:
+    """The step of ``steps`` nearest ``target`` in log10(step), the smaller one on a tie; step 0
+    only for target 0 (or when it is the only step): the checkpoint that stands for a phase edge."""
+    steps = [int(step) for step in steps]
+    positive = [step for step in steps if step > 0]
+    if target <= 0 or not positive:
+        return min(steps)
+    return min(positive, key=lambda step: (abs(math.log10(step) - math.log10(target)), step))
 
 
 def parse_run_dir(path: str | Path) -> tuple[str, float, int]:
@@ -59,15 +101,6 @@ def read_seed_files(paths) -> pd.DataFrame:
     if not frames:
         raise ValueError("no run files given")
     return pd.concat(frames, ignore_index=True)
-
-
-def nearest_in_log_step(steps, target: int) -> int:
-    """The step of ``steps`` closest to ``target`` in log10 (step 0 only for target 0): the
-    checkpoint of a run that stands for a phase edge."""
-    positive = [step for step in steps if step > 0]
-    if target <= 0 or not positive:
-        return min(steps)
-    return min(positive, key=lambda step: (abs(math.log10(step) - math.log10(target)), step))
 
 
 def held_elsewhere(checkpoint_dir: str | Path) -> dict:

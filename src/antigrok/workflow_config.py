@@ -14,12 +14,11 @@ import copy
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import yaml
 from snakemake.utils import update_config, validate
 
-REPO = Path(__file__).resolve().parents[2]
+from antigrok.schema import REPO, SCHEMA, read_yaml
+
 BASE_CONFIG = REPO / "config.yaml"
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def overlay_experiments(overlays: Iterable[Mapping]) -> dict:
@@ -29,10 +28,6 @@ def overlay_experiments(overlays: Iterable[Mapping]) -> dict:
     for overlay in overlays:
         update_config(experiments, copy.deepcopy(dict(overlay.get("experiments") or {})))
     return experiments
-
-
-def read_yaml(path: str | Path) -> dict:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
 
 
 def load_workflow_config(configfiles: Iterable[str | Path] = (), *, base: str | Path = BASE_CONFIG,
@@ -56,7 +51,7 @@ RUN_LIST_KEYS = ("seeds", "weight_decays")
 
 def run_settings(experiment: Mapping) -> dict:
     """What shapes each run of ``experiment``: its config without the lists of runs. The train
-    rule passes it as a param and antigrok.train.RunSpec hashes it into the run's fingerprint, so
+    rule passes it as a param and antigrok.training.train.RunSpec hashes it into the run's fingerprint, so
     a change here restarts every resumable run from step 0."""
     return {key: value for key, value in experiment.items() if key not in RUN_LIST_KEYS}
 
@@ -67,18 +62,20 @@ def format_weight_decay(value) -> str:
 
 
 def describe_experiment(name: str, experiments: Mapping) -> str:
-    """An experiment's model, optimizer, lr, steps, batch and dtype in one line, as the reference
-    tables and figures say them (a rescaled run is always labelled with its lr and steps)."""
+    """An experiment's model, optimizer, lr, steps, batch and dtype in one line, as the tables,
+    figures and references say them (a rescaled run is always labelled with its lr and steps):
+    an MLP by its widths, a transformer by its d_model."""
     if name not in experiments:
         return f"{name}: not in the config given (lr and steps unknown)"
     experiment = experiments[name]
-    return (f"{name}: {experiment['model']['name']} {'-'.join(map(str, experiment['model']['widths']))}, "
-            f"{experiment['optimizer']['name']} lr {experiment['optimizer']['lr']:g}, {experiment['steps']} steps, "
-            f"batch {experiment['batch_size']}, {experiment.get('dtype', 'float64')}")
+    model = experiment["model"]
+    shape = "-".join(map(str, model["widths"])) if model["name"] == "mlp" else f"d_model {model['d_model']}"
+    return (f"{name}: {model['name']} {shape}, {experiment['optimizer']['name']} lr {experiment['optimizer']['lr']:g}, "
+            f"{experiment['steps']} steps, batch {experiment['batch_size']}, {experiment.get('dtype', 'float64')}")
 
 
 def batched_unsupported_reason(experiment: Mapping) -> str | None:
-    """Why the batched engine (antigrok.batched) cannot train this experiment, or None when it can."""
+    """Why the batched engine (antigrok.training.batched) cannot train this experiment, or None when it can."""
     model = experiment["model"]["name"]
     if model != "mlp":
         return f"model.name is {model!r}; the batched engine trains MLPs only"

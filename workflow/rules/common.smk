@@ -3,8 +3,8 @@ import json
 import shutil
 from pathlib import Path
 
-RESULTS = "results"
-RUN_DIR = "results/runs/{experiment}/wd{weight_decay}/seed{seed}"
+from antigrok.runs import RESULTS, RUN_DIR  # where a run's files are (antigrok.runs)
+
 ENV_TORCH = "../../envs/torch.yaml"
 ENV_ANALYSIS = "../../envs/analysis.yaml"
 
@@ -28,7 +28,7 @@ def runs():
 def run_files(filename):
     """``filename`` under every run directory of the config."""
     return [
-        f"{RESULTS}/runs/{name}/wd{weight_decay}/seed{seed}/{filename}"
+        f"{RUN_DIR.format(experiment=name, weight_decay=weight_decay, seed=seed)}/{filename}"
         for name, weight_decay, seed in runs()
     ]
 
@@ -59,7 +59,7 @@ def seed_files(filename):
     def files(wildcards):
         seeds = config["experiments"][wildcards.experiment]["seeds"]
         return [
-            f"{RESULTS}/runs/{wildcards.experiment}/wd{wildcards.weight_decay}/seed{seed}/{filename}"
+            f"{RUN_DIR.format(experiment=wildcards.experiment, weight_decay=wildcards.weight_decay, seed=seed)}/{filename}"
             for seed in seeds
         ]
 
@@ -87,23 +87,13 @@ def all_targets():
 
 def experiment_description(name):
     """One line that says which lr and steps made an experiment's results (tables, figures, README)."""
-    experiment = config["experiments"][name]
-    model = experiment["model"]
-    shape = (
-        "-".join(map(str, model["widths"]))
-        if model["name"] == "mlp"
-        else f"d_model {model['d_model']}"
-    )
-    return (
-        f"{name}: {model['name']} {shape}, {experiment['optimizer']['name']} lr {experiment['optimizer']['lr']:g}, "
-        f"{experiment['steps']} steps, batch {experiment['batch_size']}, {experiment.get('dtype', 'float64')}"
-    )
+    return describe_experiment(name, config["experiments"])
 
 
 def timescale_files(filename):
     """``filename`` of every run of the time-scale study's experiments."""
     return [
-        f"{RESULTS}/runs/{name}/wd{weight_decay}/seed{seed}/{filename}"
+        f"{RUN_DIR.format(experiment=name, weight_decay=weight_decay, seed=seed)}/{filename}"
         for name, weight_decay, seed in runs()
         if name in config["timescale"]["experiments"]
     ]
@@ -112,7 +102,7 @@ def timescale_files(filename):
 def experiment_run_files(experiment, filename):
     """``filename`` of every run (weight decays and seeds) of ``experiment``."""
     return [
-        f"{RESULTS}/runs/{name}/wd{weight_decay}/seed{seed}/{filename}"
+        f"{RUN_DIR.format(experiment=name, weight_decay=weight_decay, seed=seed)}/{filename}"
         for name, weight_decay, seed in runs()
         if name == experiment
     ]

@@ -53,11 +53,7 @@ rule trap_removal:
     conda:
         ENV_TORCH
     params:
-        edges=MECHANISM["removal_edges"],
-        probe_inputs=MECHANISM["probe_inputs"],
-        probe_std=MECHANISM["probe_std"],
-        draws=MECHANISM["removal_draws"],
-        seed=MECHANISM["removal_seed"],
+        mechanism={key: MECHANISM[key] for key in REMOVAL_KEYS},
         tracy_widom_scale=config["traps"]["tracy_widom_scale"],
     script:
         "../scripts/trap_removal.py"

@@ -1,5 +1,14 @@
 # Helpers of workflow/rules/mechanism.smk, kept apart from its rules as snakemake --lint asks.
 MECHANISM = config["mechanism"]
+# The keys of the mechanism section that the trap-removal test reads (RemovalSettings.from_config):
+# only a change to these reruns it.
+REMOVAL_KEYS = (
+    "removal_edges",
+    "probe_inputs",
+    "probe_std",
+    "removal_draws",
+    "removal_seed",
+)
 
 
 def mechanism_experiments():
@@ -15,7 +24,7 @@ def mechanism_experiments():
 def mechanism_files(filename):
     """``filename`` of every run of the mechanism's experiments."""
     return [
-        f"{RESULTS}/runs/{name}/wd{weight_decay}/seed{seed}/{filename}"
+        f"{RUN_DIR.format(experiment=name, weight_decay=weight_decay, seed=seed)}/{filename}"
         for name, weight_decay, seed in runs()
         if name in mechanism_experiments()
     ]

@@ -12,12 +12,7 @@ rule phases:
     conda:
         ENV_ANALYSIS
     params:
-        train_fit=config["phases"]["train_fit"],
-        collapse_drop=config["phases"]["collapse_drop"],
-        smoothing_window=config["phases"]["smoothing_window"],
-        grok_rise=config["phases"]["grok_rise"],
-        grok_onset=config["phases"]["grok_onset"],
-        collapse_onset=config["phases"]["collapse_onset"],
+        thresholds=config["phases"],
     script:
         "../scripts/phases.py"
 

@@ -25,7 +25,7 @@ rule train:
 
 
 # train.batch_runs: true trains the seeds of one (experiment, weight decay) in one job with the
-# batched engine (antigrok.batched), for the experiments it supports (MLP, MSE loss:
+# batched engine (antigrok.training.batched), for the experiments it supports (MLP, MSE loss:
 # antigrok.workflow_config.batched_unsupported_reason); their per-run outputs then come from that
 # job. Other experiments keep one `train` job per run.
 BATCHED_EXPERIMENTS = [

@@ -1,5 +1,5 @@
 from antigrok.runlog import to_log_file
-from antigrok.summary import write_detector_tables
+from antigrok.study.detector import write_detector_tables
 
 with to_log_file(snakemake.log[0]):
     write_detector_tables(

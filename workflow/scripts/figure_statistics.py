@@ -1,5 +1,5 @@
+from antigrok.report.statistic_figures import write_statistic_figures
 from antigrok.runlog import to_log_file
-from antigrok.statistic_figures import write_statistic_figures
 
 with to_log_file(snakemake.log[0]):
     write_statistic_figures(

@@ -1,4 +1,4 @@
-from antigrok.figures import traps_figure_from_files
+from antigrok.report.figures import traps_figure_from_files
 from antigrok.runlog import to_log_file
 
 with to_log_file(snakemake.log[0]):

@@ -1,5 +1,5 @@
-from antigrok.llm import write_figures
 from antigrok.runlog import to_log_file
+from antigrok.users.llm import write_figures
 
 with to_log_file(snakemake.log[0]):
     write_figures(

@@ -1,5 +1,5 @@
-from antigrok.paper import write_paper_comparison
 from antigrok.runlog import to_log_file
+from antigrok.study.paper import write_paper_comparison
 
 params, inputs = snakemake.params, snakemake.input
 with to_log_file(snakemake.log[0]):

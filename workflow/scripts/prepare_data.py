@@ -1,5 +1,5 @@
-from antigrok.data import prepare_dataset, save_dataset
 from antigrok.runlog import to_log_file
+from antigrok.training.data import prepare_dataset, save_dataset
 
 with to_log_file(snakemake.log[0]):
     dataset_cfg = snakemake.params.dataset

@@ -1,7 +1,7 @@
 import torch
 
-from antigrok.progress import write_progress_csv
 from antigrok.runlog import to_log_file
+from antigrok.study.progress import write_progress_csv
 
 with to_log_file(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)

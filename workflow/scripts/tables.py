@@ -1,5 +1,5 @@
 from antigrok.runlog import to_log_file
-from antigrok.summary import write_paper_tables
+from antigrok.study.tables import write_paper_tables
 
 with to_log_file(snakemake.log[0]):
     write_paper_tables(

@@ -1,5 +1,5 @@
 from antigrok.runlog import to_log_file
-from antigrok.timescale import write_timescale
+from antigrok.study.timescale import write_timescale
 
 params = snakemake.params
 with to_log_file(snakemake.log[0]):

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import torch
 
-from antigrok.data import load_dataset
 from antigrok.runlog import log_slurm_allocation, to_log_file
-from antigrok.train import RunSpec, train_run
+from antigrok.training.data import load_dataset
+from antigrok.training.train import RunSpec, train_run
 
 wc, params = snakemake.wildcards, snakemake.params
 with to_log_file(snakemake.log[0]):

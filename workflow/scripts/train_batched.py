@@ -3,11 +3,11 @@ from pathlib import Path
 
 import torch
 
-from antigrok.batched import train_runs
-from antigrok.data import load_dataset
 from antigrok.runlog import log_slurm_allocation, to_log_file
 from antigrok.runs import parse_run_dir
-from antigrok.train import RunSpec
+from antigrok.training.batched import train_runs
+from antigrok.training.data import load_dataset
+from antigrok.training.train import RunSpec
 
 
 def seeds_of(train_logs):

@@ -8,12 +8,5 @@ with to_log_file(snakemake.log[0]):
         snakemake.input.dataset,
         snakemake.output[0],
         run_seed=int(snakemake.wildcards.seed),
-        settings=RemovalSettings(
-            edges=tuple(snakemake.params.edges),
-            probe_inputs=snakemake.params.probe_inputs,
-            probe_std=snakemake.params.probe_std,
-            draws=snakemake.params.draws,
-            seed=snakemake.params.seed,
-            tracy_widom_scale=snakemake.params.tracy_widom_scale,
-        ),
+        settings=RemovalSettings.from_config(snakemake.params.mechanism, snakemake.params.tracy_widom_scale),
     )

@@ -1,5 +1,5 @@
 from antigrok.runlog import to_log_file
-from antigrok.traps import write_traps
+from antigrok.spectra.traps import write_traps
 
 with to_log_file(snakemake.log[0]):
     write_traps(

@@ -1,5 +1,5 @@
 from antigrok.runlog import to_log_file
-from antigrok.warning_rules import write_rule_tables
+from antigrok.study.warning_rules import write_rule_tables
 
 with to_log_file(snakemake.log[0]):
     write_rule_tables(

@@ -17,4 +17,7 @@ One concept per module:
 - ``input_matched``: controls of the same norm that the train inputs load as strongly.
 - ``confusion``: the test images with a fixed pixel permutation through a checkpoint.
 - ``tables`` and ``figures``: across runs.
+
+Imports: every layer below it (the foundations, antigrok.formats, antigrok.spectra,
+antigrok.training, antigrok.study, antigrok.report).
 """

@@ -1,7 +1,7 @@
 """The traps of the centred matrix: W_rand's outliers once the entries' mean is taken out.
 
 traps.csv's ``num_traps_centered`` counts the eigenvalues of the same shuffled draws with the mean
-subtracted above WeightWatcher's own trap threshold (antigrok.traps: the mean moves one eigenvalue,
+subtracted above WeightWatcher's own trap threshold (antigrok.spectra.traps: the mean moves one eigenvalue,
 not the bulk). Here the same: ``W - mu`` is shuffled with the layer's permutation (shuffling and
 subtracting a constant commute), its SVD is taken and the components whose squared singular value
 exceeds the uncentred fit's ``trap_threshold`` are the centred traps. Mapped back to W's

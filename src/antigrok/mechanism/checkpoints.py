@@ -1,7 +1,8 @@
 """The checkpoint that stands for each phase edge of a run, and the model it holds.
 
 Phase edges (phases.csv) are logged steps; checkpoints are a log-spaced subset of them. The
-checkpoint of an edge is the one nearest to it in log(step) (the earlier one on a tie), so an edge
+checkpoint of an edge is the one nearest to it in log10(step) (antigrok.runs.nearest_checkpoint_step:
+the earlier one on a tie, step 0 only for an edge at step 0), so an edge
 between two checkpoints is represented by the closer one, whichever side it lies on. ``last`` is the
 last checkpoint. An edge the run does not have (a run that never collapses has no
 anti_grokking_start_step) is left out, with a log line.
@@ -13,7 +14,6 @@ them, or ``step{step:09d}.safetensors`` (tensor names as the state_dict) as the 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from antigrok.loading import read_checkpoint, read_safetensor, safetensors_headers
-from antigrok.models import MLP
-from antigrok.phases import edges_from_phases
+from antigrok.runs import checkpoint_files, nearest_checkpoint_step
+from antigrok.study.phases import edges_from_phases
+from antigrok.training.models import MLP
 
 log = logging.getLogger(__name__)
 
 EDGE_NAMES = ("fit_step", "grokking_start_step", "peak_step", "anti_grokking_start_step", "collapse_step", "last")
-CHECKPOINT_NAME = re.compile(r"step(\d+)\.(pt|safetensors)$")
 
 
 @dataclass(frozen=True)
@@ -45,22 +44,11 @@ class EdgeCheckpoint:
 
 def checkpoint_paths(folder: str | Path) -> dict[int, Path]:
     """{step: file} of the ``step*.pt`` and ``step*.safetensors`` files of a folder."""
-    found = {}
-    for path in sorted(Path(folder).iterdir()):
-        match = CHECKPOINT_NAME.fullmatch(path.name)
-        if match:
-            found.setdefault(int(match.group(1)), path)
+    found = checkpoint_files(folder)
     if not found:
         raise FileNotFoundError(f"{folder}: no step*.pt or step*.safetensors checkpoints; rerun the train rule "
                                 "or point at a reference's checkpoints/ folder")
-    return dict(sorted(found.items()))
-
-
-def nearest_step(target: int, steps: Sequence[int]) -> int:
-    """The step of ``steps`` nearest to ``target`` in log(step + 1); the earlier one on a tie."""
-    steps = sorted(int(step) for step in steps)
-    distances = [abs(math.log1p(step) - math.log1p(target)) for step in steps]
-    return steps[int(np.argmin(distances))]  # argmin takes the first (earlier) of equal distances
+    return found
 
 
 def edge_checkpoints(phases: pd.DataFrame, checkpoints: Mapping[int, Path], edges: Sequence[str]) -> list[EdgeCheckpoint]:
@@ -76,19 +64,9 @@ def edge_checkpoints(phases: pd.DataFrame, checkpoints: Mapping[int, Path], edge
         if edge_step is None:
             log.info("the run has no %s; skipped", edge)
             continue
-        step = nearest_step(edge_step, checkpoints)
+        step = nearest_checkpoint_step(checkpoints, edge_step)
         chosen.append(EdgeCheckpoint(edge, int(edge_step), step, Path(checkpoints[step])))
     return chosen
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The float64 state_dict of a checkpoint file (.pt as antigrok.train writes it, or .safetensors)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        tensors = {name: read_safetensor(path, name) for name, _, _ in safetensors_headers(path)}
-    else:
-        tensors = dict(read_checkpoint(path)["model"])
-    return {name: tensor.to(torch.float64) for name, tensor in tensors.items()}
 
 
 def mlp_widths(state_dict: Mapping[str, torch.Tensor]) -> list[int]:

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 
 from antigrok.files import write_csv_atomically
-from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, mlp_from_state_dict, read_state_dict
+from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, mlp_from_state_dict
 
 CONFUSION_COLUMNS = ["edge", "edge_step", "step", "inputs", "true_class", "predicted_class", "count"]
 
@@ -65,7 +66,7 @@ def confusion_table(checkpoint_dir: str | Path, phases: pd.DataFrame, dataset: M
 def write_confusion(checkpoint_dir: str | Path, phases_csv: str | Path, dataset_path: str | Path, output: str | Path,
                     edges: Sequence[str], seed: int) -> pd.DataFrame:
     """The rule ``shuffled_confusion``."""
-    from antigrok.data import load_dataset
+    from antigrok.training.data import load_dataset
 
     table = confusion_table(checkpoint_dir, pd.read_csv(phases_csv), load_dataset(dataset_path), edges, seed)
     write_csv_atomically(table, output)

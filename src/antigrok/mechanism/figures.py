@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from antigrok.figures import read_run_tables, save_figure, seed_of, set_step_axis, shade_phases
-from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, read_state_dict
+from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints
 from antigrok.mechanism.prototypes import best_match, class_means, pixel_images, top_rows
 from antigrok.mechanism.removal import CONDITIONS
+from antigrok.report.figures import read_run_tables, save_figure, seed_of, set_step_axis, shade_phases
 
 log = logging.getLogger(__name__)
 DPI = 150
@@ -129,7 +130,7 @@ def mechanism_figure_from_files(figure: str, runs, phases, checkpoints, dataset,
     """The rule ``figure_mechanism``: one of the four figures of an experiment and weight decay.
 
     ``dataset``: the dataset file (or the loaded dict); ``checkpoints``: each seed's checkpoint folder."""
-    from antigrok.data import load_dataset
+    from antigrok.training.data import load_dataset
 
     lowest = min(runs, key=seed_of)
     seeds = sorted(seed_of(path) for path in runs)

@@ -30,9 +30,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
-from antigrok.mechanism.checkpoints import checkpoint_paths, layer_names, read_state_dict, weight_matrix
+from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.checkpoints import checkpoint_paths, layer_names, weight_matrix
 from antigrok.mechanism.trap_components import LayerTraps, layer_traps
-from antigrok.spectral import layer_seed
+from antigrok.spectra.primitives import layer_seed
 
 log = logging.getLogger(__name__)
 

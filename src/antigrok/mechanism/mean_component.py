@@ -2,7 +2,7 @@
 effect back through the bias.
 
 Why: shuffling keeps the entries' mean mu in every entry, so W_rand = mu 1 1^T + noise has an
-outlier (antigrok.traps), and fc1's trap component is mostly that constant matrix. On inputs that
+outlier (antigrok.spectra.traps), and fc1's trap component is mostly that constant matrix. On inputs that
 are all non-negative (MNIST pixels, ReLU outputs) the constant matrix is not a pattern but an input-
 dependent bias: ``mu 1 1^T x = mu (sum_j x_j) 1`` shifts every hidden unit by mu times the input's
 sum. Removing it moves every unit at once, whatever the traps mean. Compensating through the bias

@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 
 from antigrok.files import write_csv_atomically
-from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, layer_names, read_state_dict, weight_matrix
+from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.checkpoints import checkpoint_paths, edge_checkpoints, layer_names, weight_matrix
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def prototype_table(checkpoint_dir: str | Path, phases: pd.DataFrame, dataset: M
 def write_prototypes(checkpoint_dir: str | Path, phases_csv: str | Path, dataset_path: str | Path,
                      output: str | Path, edges: Sequence[str], components: int, rows: int) -> pd.DataFrame:
     """The rule ``prototypes``."""
-    from antigrok.data import load_dataset
+    from antigrok.training.data import load_dataset
 
     table = prototype_table(checkpoint_dir, pd.read_csv(phases_csv), load_dataset(dataset_path), edges,
                             components, rows)

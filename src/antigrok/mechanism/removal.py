@@ -66,20 +66,21 @@ import torch
 from tqdm import tqdm
 
 from antigrok.files import write_csv_atomically
+from antigrok.formats.loading import read_state_dict
+from antigrok.mechanism.centred_traps import centred_svd, centred_trap_indices
 from antigrok.mechanism.checkpoints import (
     checkpoint_paths,
     edge_checkpoints,
     layer_inputs,
     layer_names,
     outputs_from,
-    read_state_dict,
     weight_matrix,
 )
-from antigrok.mechanism.centred_traps import centred_svd, centred_trap_indices
 from antigrok.mechanism.input_matched import SecondMoment, input_load, input_loads, input_matched_rank_one
 from antigrok.mechanism.mean_component import bias_compensation, mean_component
 from antigrok.mechanism.trap_components import LayerTraps, ShuffledSVD, layer_traps, unshuffle
-from antigrok.spectral import layer_seed
+from antigrok.schema import section_defaults
+from antigrok.spectra.primitives import layer_seed
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +93,28 @@ REMOVAL_COLUMNS = [
     "probe_agreement", "test_js",
 ]
 
+_MECHANISM = section_defaults("mechanism")
+
 
 @dataclass(frozen=True)
 class RemovalSettings:
-    """The ``mechanism.removal`` config keys and the trap threshold."""
+    """The removal keys of the ``mechanism`` config section and the trap threshold (defaults from the
+    schema)."""
 
-    edges: tuple[str, ...] = ("peak_step", "anti_grokking_start_step", "last")
-    probe_inputs: int = 2000
-    probe_std: float = 1.0
-    draws: int = 5
-    seed: int = 0
-    tracy_widom_scale: float = 1.0
+    edges: tuple[str, ...] = tuple(_MECHANISM["removal_edges"])
+    probe_inputs: int = _MECHANISM["probe_inputs"]
+    probe_std: float = _MECHANISM["probe_std"]
+    draws: int = _MECHANISM["removal_draws"]
+    seed: int = _MECHANISM["removal_seed"]
+    tracy_widom_scale: float = section_defaults("traps")["tracy_widom_scale"]
     all_layers: bool = True  # also every layer at once (scope "all"); False: per layer only, about half the time
+
+    @classmethod
+    def from_config(cls, mechanism: Mapping, tracy_widom_scale: float, **overrides) -> "RemovalSettings":
+        """The settings of a validated config's ``mechanism`` section and ``traps.tracy_widom_scale``."""
+        return cls(**{"edges": tuple(mechanism["removal_edges"]), "probe_inputs": mechanism["probe_inputs"],
+                      "probe_std": mechanism["probe_std"], "draws": mechanism["removal_draws"],
+                      "seed": mechanism["removal_seed"], "tracy_widom_scale": tracy_widom_scale, **overrides})
 
 
 # ----------------------------------------------------------------------------- divergences
@@ -340,7 +351,7 @@ def removal_table(checkpoint_dir: str | Path, phases: pd.DataFrame, dataset: Map
 def write_removal(checkpoint_dir: str | Path, phases_csv: str | Path, dataset_path: str | Path, output: str | Path,
                   run_seed: int, settings: RemovalSettings) -> pd.DataFrame:
     """The rule ``trap_removal``."""
-    from antigrok.data import load_dataset
+    from antigrok.training.data import load_dataset
 
     table = removal_table(checkpoint_dir, pd.read_csv(phases_csv), load_dataset(dataset_path), run_seed, settings)
     write_csv_atomically(table, output)

@@ -13,37 +13,16 @@
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from antigrok.files import write_csv_atomically, write_text_atomically
 from antigrok.mechanism.confusion import top_class_share
+from antigrok.runs import RUN_KEYS, read_run_files
 
 log = logging.getLogger(__name__)
-
-RUN_PATH = re.compile(r"(?P<experiment>[^/]+)/wd(?P<weight_decay>[^/]+)/seed(?P<seed>\d+)/[^/]+$")
-RUN_KEYS = ["experiment", "weight_decay", "seed"]
-
-
-def read_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """One CSV per run, concatenated, with experiment, weight_decay and seed from the run's path."""
-    frames = []
-    for path in paths:
-        match = RUN_PATH.search(Path(path).as_posix())
-        if not match:
-            raise ValueError(f"{path} is not RUN_DIR/<file> (…/<experiment>/wd<weight decay>/seed<seed>/<file>)")
-        frame = pd.read_csv(path)
-        frame.insert(0, "seed", int(match["seed"]))
-        frame.insert(0, "weight_decay", float(match["weight_decay"]))
-        frame.insert(0, "experiment", match["experiment"])
-        frames.append(frame)
-    if not frames:
-        raise ValueError("no run files given: the config has no MNIST MLP experiment")
-    return pd.concat(frames, ignore_index=True)
 
 
 def prototype_summary(prototypes: pd.DataFrame) -> pd.DataFrame:
@@ -125,7 +104,7 @@ def confusion_summary(confusion: pd.DataFrame) -> pd.DataFrame:
 
 
 def html_page(tables: Mapping[str, pd.DataFrame], descriptions: Mapping[str, str]) -> str:
-    from antigrok.figures import TABLE_STYLE
+    from antigrok.table_format import TABLE_STYLE
 
     parts = [f"<h3>{title}</h3>{frame.to_html(index=False, na_rep='', border=0, float_format=lambda v: f'{v:.4g}')}"
              for title, frame in tables.items()]
@@ -138,10 +117,10 @@ def write_mechanism_tables(prototypes, largest_weight, trap_removal, shuffled_co
                            outputs: Mapping[str, str], descriptions: Mapping[str, str]) -> dict[str, pd.DataFrame]:
     """The rule ``mechanism_tables``: the four summaries as CSV and one HTML page."""
     tables = {
-        "prototypes": prototype_summary(read_runs(prototypes)),
-        "bound": bound_summary(read_runs(largest_weight), read_runs(phases)),
-        "removal": removal_summary(read_runs(trap_removal)),
-        "confusion": confusion_summary(read_runs(shuffled_confusion)),
+        "prototypes": prototype_summary(read_run_files(prototypes)),
+        "bound": bound_summary(read_run_files(largest_weight), read_run_files(phases)),
+        "removal": removal_summary(read_run_files(trap_removal)),
+        "confusion": confusion_summary(read_run_files(shuffled_confusion)),
     }
     for name, table in tables.items():
         write_csv_atomically(table, outputs[name])

@@ -4,10 +4,10 @@ one mapped back to the coordinates of W.
 WeightWatcher 0.7.5.5 shuffles the entries of W (one ``np.random.shuffle`` of ``W.flatten()`` per
 replica, after ``np.random.seed(seed)``; 5 replicas when W has fewer than 100 eigenvalues) and counts
 the eigenvalues of the pooled W_rand^T W_rand above the MP bulk edge plus the Tracy-Widom term. The
-shuffle here is antigrok.fastspectra.shuffled_weights, the workflow's own, applied to W and to the
+shuffle here is antigrok.spectra.fast_engine.shuffled_weights, the workflow's own, applied to W and to the
 array of W's flat indices (so the permutation is known exactly); the seed is the workflow's
 ``layer_seed(run seed, step, layer)``, the MP fit fastspectra.marchenko_pastur_fit and the count
-antigrok.traps.count_traps. So a checkpoint's trap count here is the run's traps.csv count.
+antigrok.spectra.traps.count_traps. So a checkpoint's trap count here is the run's traps.csv count.
 
 Mapped back: with ``W_rand[k] = W[perm[k]]`` (flat indices) and W_rand's SVD ``sum_i s_i u_i v_i^T``,
 the matrices ``C_i[perm[k]] = s_i u_i[k] v_i[k]`` sum exactly to W. A trap's ``C_i`` is the part of W
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from antigrok.fastspectra import FitFailed, marchenko_pastur_fit, shuffled_weights
-from antigrok.traps import count_traps
+from antigrok.spectra.fast_engine import FitFailed, marchenko_pastur_fit, shuffled_weights
+from antigrok.spectra.traps import count_traps
 
 log = logging.getLogger(__name__)
 

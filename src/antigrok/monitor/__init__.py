@@ -1,24 +1,24 @@
 """Watch a training run as it happens: a live record of the weights' HTSR statistics, and alarms.
 
 ``SpectralMonitor(model, every_n_steps=..., csv_path=...)`` looks at a model's weight matrices and
-conv kernels (antigrok.kernels, pooled as WeightWatcher pools them) every so many optimizer
+conv kernels (antigrok.spectra.kernels, pooled as WeightWatcher pools them) every so many optimizer
 steps, analyses them with the workflow's own spectral engine
 (``antigrok.htsr``: the same function and seeding as the ``spectra`` rule, so a monitored step
 gives the numbers a checkpoint of it would: alpha, raw and centred Correlation Traps, the MP fit)
 and appends one row per layer to a CSV, to plot and compare. It evaluates alarms on those rows
-with the workflow's own code: the detector's three (``antigrok.detector``: ``spectral_conditions``
+with the workflow's own code: the detector's three (``antigrok.study.detector``: ``spectral_conditions``
 and ``firing_steps``, the functions that write detectors.csv)
 
     alpha_below_critical   mean alpha of ``average_layers`` below ``alpha_critical``
     correlation_trap       at least ``trap_min`` Correlation Traps in any analysed layer
     alpha_and_trap         both at the same step
 
-and any ``rules`` of the detector study's ``warning_rules`` format (``antigrok.warning_rules``:
-the frozen rules of configs/detector_study.yaml, ``antigrok.rule_worth.study_rules()``, or your
+and any ``rules`` of the detector study's ``warning_rules`` format (``antigrok.study.warning_rules``:
+the frozen rules of configs/detector_study.yaml, ``antigrok.study.rule_worth.study_rules()``, or your
 own), counted from the step the monitor is armed (``arm_from_step``, or the first step at which
 ``arm_when(metrics)`` holds, e.g. train accuracy reached). A firing issues a
 ``SpectralAlarmWarning`` naming the alarm, step, layers and values, and what the detector
-studies measured the alarm to be worth (``antigrok.rule_worth``; ``monitor.worth`` holds the
+studies measured the alarm to be worth (``antigrok.study.rule_worth``; ``monitor.worth`` holds the
 table). On their held-out runs no alarm told a run that would collapse from one that would not
 (docs/monitor.md): an alarm is a record to look at, not a reason to stop.
 
@@ -27,13 +27,15 @@ The analysis runs off the training thread (``background="thread"``, the default,
 next call, picks up finished results; nothing waits unless ``max_pending`` analyses are queued.
 Adapters: ``antigrok.monitor.lightning`` (extra ``antigrok[lightning]``) and
 ``antigrok.monitor.transformers`` (extra ``antigrok[transformers]``).
+
+This package is the monitor's public place (``__all__``): ``from antigrok.monitor import
+SpectralMonitor``. It imports antigrok.htsr, antigrok.spectra, antigrok.study; nothing imports it.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import math
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -42,21 +44,19 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from antigrok.detector import SPECTRAL_ALARMS
 from antigrok.htsr import (
     DEFAULT_ENGINE,
     HTSR_COLUMNS,
-    MIN_EVALS,
     analyze_with_traps,
     skipped_summary,
     state_dict_skip_reasons,
     weight_matrices,
 )
-from antigrok.htsr import analyze_weights, htsr_table  # noqa: F401 (importable from here before)
 from antigrok.monitor.alarms import Alarm, AlarmWatch, RuleAlarm, RuleWatch
-from antigrok.progress import l2_norm
-from antigrok.traps import compute_traps  # noqa: F401 (importable from here before)
-from antigrok.warning_rules import WarningRule
+from antigrok.spectra.ww_engine import MIN_EVALS
+from antigrok.study.detector import SPECTRAL_ALARMS
+from antigrok.study.progress import l2_norm
+from antigrok.study.warning_rules import WarningRule
 
 __all__ = [
     "Alarm",
@@ -122,7 +122,7 @@ class SpectralMonitor:
     """Watches ``model``'s weights during training; call :meth:`step` once per optimizer step.
 
     Schedule: every ``every_n_steps`` steps (step % every_n_steps == 0), or exactly at the steps
-    of ``at_steps`` (e.g. ``antigrok.train.checkpoint_steps(last, per_decade)``, the workflow's
+    of ``at_steps`` (e.g. ``antigrok.training.train.checkpoint_steps(last, per_decade)``, the workflow's
     log-spaced checkpoints). ``seed`` (default 0) and the step choose the shuffle of the
     randomized spectra exactly as ``analyze_state_dict(state_dict, seed=..., step=...)`` and the
     workflow's ``spectra`` rule (run seed, step) do.
@@ -140,7 +140,7 @@ class SpectralMonitor:
     metrics given to :meth:`step` (e.g. ``arm_when=lambda m: m["train_acc"] >= 0.99``, as the
     studies armed at the fit). ``alarms``: which of SPECTRAL_ALARMS to watch (``()`` for none).
     ``rules``: warning rules of the detector study's format (WarningRule objects or
-    ``warning_rules.rules`` entries as dicts, e.g. ``antigrok.rule_worth.study_rules([...])``),
+    ``warning_rules.rules`` entries as dicts, e.g. ``antigrok.study.rule_worth.study_rules([...])``),
     watched as the study scored them: on the analysed steps, armed with the alarms, firing once a
     rule's condition has held ``persist`` analysed steps in a row. A rule on a model-wide
     statistic reads it from the metrics given to :meth:`step` at the analysed step (e.g.
@@ -307,7 +307,7 @@ class SpectralMonitor:
     @property
     def worth(self) -> pd.DataFrame:
         """What the detector studies measured each watched alarm and rule to be worth: one row each,
-        its condition in words and the line its warnings carry (antigrok.rule_worth)."""
+        its condition in words and the line its warnings carry (antigrok.study.rule_worth)."""
         conditions = {name: rule.describe() for name, rule in self.watch.as_rules().items()}
         conditions.update({rule.name: rule.describe() for rule in self.rule_watch.rules})
         lines = {**self.watch.worth, **self.rule_watch.worth}
@@ -352,7 +352,7 @@ class SpectralMonitor:
             elif name not in self._warned_missing_statistics:
                 self._warned_missing_statistics.add(name)
                 log.warning("antigrok monitor: a rule reads %s, which step() was not given at step %d; the rule holds "
-                            "nowhere without it: pass %s=... to step() at the analysed steps (antigrok.progress "
+                            "nowhere without it: pass %s=... to step() at the analysed steps (antigrok.study.progress "
                             "computes it from the model and inputs)", name, step, name)
         return values
 

@@ -6,13 +6,13 @@ counts); ``firings()`` is every firing so far. Each re-evaluates the whole histo
 run-level function the workflow scores finished runs with, so a monitored run fires where the
 tables of the same run say it does:
 
-- ``AlarmWatch``: the detector's three alarms (``antigrok.detector.spectral_conditions`` and
+- ``AlarmWatch``: the detector's three alarms (``antigrok.study.detector.spectral_conditions`` and
   ``firing_steps``, the functions behind detectors.csv);
 - ``RuleWatch``: rules of the detector study's ``warning_rules`` format
-  (``antigrok.warning_rules.rule_firings``, the function behind warning_rules.csv).
+  (``antigrok.study.warning_rules.rule_firings``, the function behind warning_rules.csv).
 
 Every firing carries one line on what the detector studies measured it to be worth
-(``antigrok.rule_worth``).
+(``antigrok.study.rule_worth``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from antigrok.detector import SPECTRAL_ALARMS, firing_steps, mean_alpha, spectral_conditions
-from antigrok.rule_worth import worth_line
-from antigrok.warning_rules import MODEL, STATISTICS, WarningRule, rule_firings, rules_from_config, statistic_table
+from antigrok.spectra.primitives import mean_alpha
+from antigrok.study.detector import SPECTRAL_ALARMS, firing_steps, spectral_conditions
+from antigrok.study.rule_worth import worth_line
+from antigrok.study.warning_rules import MODEL, STATISTICS, WarningRule, rule_firings, rules_from_config, statistic_table
 
 # The paper's rules as the detector study froze them, one per alarm of the detector.
 PAPER_RULES = {
@@ -131,8 +132,8 @@ class _Watch:
 
 
 class AlarmWatch(_Watch):
-    """The detector's spectral alarms (``antigrok.detector.spectral_conditions``) over the
-    monitor's history, fired by ``antigrok.detector.firing_steps`` as the workflow's detectors rule
+    """The detector's spectral alarms (``antigrok.study.detector.spectral_conditions``) over the
+    monitor's history, fired by ``antigrok.study.detector.firing_steps`` as the workflow's detectors rule
     does for a finished run. ``tracy_widom_scale``: the one the traps were counted at (the studies
     scored 1.0)."""
 
@@ -213,7 +214,7 @@ def model_wide_statistics(rules: Iterable[WarningRule]) -> list[str]:
 
 class RuleWatch(_Watch):
     """Rules of the ``warning_rules`` format over the monitor's history, fired by
-    ``antigrok.warning_rules.rule_firings`` as the detector study scored them on finished runs.
+    ``antigrok.study.warning_rules.rule_firings`` as the detector study scored them on finished runs.
 
     ``update(rows, model_values)``: ``model_values`` holds the step's model-wide statistics
     (``l2_norm``, ...) that rules on progress measures read.

@@ -28,7 +28,7 @@ except ImportError:  # the standalone package has the same Callback
         ) from error
 
 from antigrok.monitor import SpectralMonitor
-from antigrok.summary import mean_alpha
+from antigrok.spectra.primitives import mean_alpha
 
 
 def scalar_metrics(metrics) -> dict[str, float]:
