@@ -41,6 +41,7 @@ from antigrok.runs import (
     nearest_checkpoint_step,
     parse_run_dir,
 )
+from antigrok.table_format import format_number, markdown_table
 
 # The files of a run folder read here.
 RUN_FILES = (TRAIN_LOG, PHASES_CSV, HTSR_CSV, TRAPS_CSV, PROGRESS_CSV)
@@ -208,18 +209,10 @@ def same_time_summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def _format(value: float) -> str:
-    if not math.isfinite(value):
-        return "—"
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
-
-
 def _cell(median: float, low: float, high: float) -> str:
-    if not math.isfinite(median):
-        return "—"
-    if low == high:
-        return _format(median)
-    return f"{_format(median)} [{_format(low)}, {_format(high)}]"
+    if not math.isfinite(median) or low == high:
+        return format_number(median)
+    return f"{format_number(median)} [{format_number(low)}, {format_number(high)}]"
 
 
 def summary_markdown(summary: pd.DataFrame, quantity_names: Sequence[str]) -> str:
@@ -231,7 +224,7 @@ def summary_markdown(summary: pd.DataFrame, quantity_names: Sequence[str]) -> st
         header = ["rescaled lr", "anchor", "n"]
         for name in quantity_names:
             header += [f"{name} rescaled", f"{name} long"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        rows = []
         order = by_wd.assign(anchor_order=by_wd["anchor"].map(ANCHORS.index))
         order = order.sort_values(["rescaled_lr", "anchor_order"], ascending=[False, True], kind="stable")
         for (lr, anchor), frame in order.groupby(["rescaled_lr", "anchor"], sort=False):
@@ -246,8 +239,8 @@ def summary_markdown(summary: pd.DataFrame, quantity_names: Sequence[str]) -> st
                     else f" ({int(row['n_long_reached'])} reached)"
                 cells += [_cell(row["rescaled_median"], row["rescaled_min"], row["rescaled_max"]),
                           _cell(row["long_median"], row["long_min"], row["long_max"]) + reached]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append(cells)
+        lines += [*markdown_table(header, rows), ""]
     return "\n".join(lines)
 
 
