@@ -11,6 +11,11 @@ out=docs/reference/paper_cpu
 [ -e data ] || ln -s ../shared/data data  # MNIST in torchvision's layout; nothing downloads here
 mkdir -p logs
 .venv/bin/python scripts/long_run.py restore --configfile "$config" --out "$out"
+# A period that ended by being killed leaves Snakemake's lock behind; lift it only when no
+# Snakemake of this work tree is still running.
+if ! pgrep -f "snakemake --configfile $config" > /dev/null; then
+    .venv/bin/snakemake --configfile "$config" --unlock > /dev/null 2>&1
+fi
 nohup .venv/bin/snakemake --configfile "$config" --cores 2 --until train --rerun-incomplete \
     >> logs/paper_cpu_snakemake.log 2>&1 &
 echo "training: pid $!, log logs/paper_cpu_snakemake.log and logs/train/mnist_mlp/"
