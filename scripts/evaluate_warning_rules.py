@@ -12,6 +12,10 @@ progress.csv, phases.csv), scores the config's warning_rules.rules with the work
 (antigrok.study.warning_rules, as rule warning_rules does) and writes tables/warning_rules.csv,
 tables/warning_rules_summary.{csv,md} and figures/statistic_{statistic}_{experiment}.png (as rule
 figure_statistics does), under --out if given. Runs whose four files are not all there yet are skipped, and said so.
+
+A run still training (phases.csv short of its experiment's steps) is refused: its peak, its collapse
+crossing and the rules' first firings can all still move. --provisional scores it as it stands and
+marks every output provisional, with the step each unfinished run has reached.
 """
 
 from __future__ import annotations
@@ -34,6 +38,33 @@ def complete_runs(folder: Path) -> tuple[list[Path], list[Path]]:
     runs = sorted(path for path in (folder / "runs").glob(RUN_FOLDERS) if path.is_dir())
     complete = [run for run in runs if all((run / name).exists() for name in INPUTS)]
     return complete, [run for run in runs if run not in complete]
+
+
+def unfinished_runs(runs: list[Path], experiments: dict) -> dict[Path, str]:
+    """``at step N of M`` for each run whose phases.csv stops short of its experiment's steps."""
+    unknown = sorted({run.parent.parent.name for run in runs} - set(experiments))
+    if unknown:
+        sys.exit(f"evaluate_warning_rules: the configs describe no experiment {', '.join(unknown)}; add the config "
+                 "the runs were trained with to --configfile, so that their steps and settings are known")
+    unfinished = {}
+    for run in runs:
+        trained_step = int(pd.read_csv(run / "phases.csv", usecols=["step"])["step"].max())
+        steps = int(experiments[run.parent.parent.name]["steps"])
+        if trained_step < steps:
+            unfinished[run] = f"at step {trained_step} of {steps}"
+    return unfinished
+
+
+def mark_provisional(tables: Path, unfinished: dict[Path, str]) -> None:
+    """A bold line under the summary's title and a ``provisional`` column in both CSVs."""
+    note = "provisional, runs still training: " + "; ".join(f"{run} {where}" for run, where in unfinished.items())
+    summary_md = tables / "warning_rules_summary.md"
+    title, _, rest = summary_md.read_text().partition("\n")
+    summary_md.write_text(f"{title}\n\n**{note}**\n{rest}")
+    for name in ("warning_rules.csv", "warning_rules_summary.csv"):
+        frame = pd.read_csv(tables / name, keep_default_na=False, dtype=str)
+        frame.insert(0, "provisional", note)
+        frame.to_csv(tables / name, index=False)
 
 
 def available_rules(rules: list[dict], run: Path) -> list[dict]:
@@ -61,6 +92,8 @@ def main(argv=None) -> int:
                         help="the config(s) whose warning_rules are scored, merged as snakemake merges them")
     parser.add_argument("--out", type=Path, help="where tables/ and figures/ go (default: the folder itself)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
+    parser.add_argument("--provisional", action="store_true",
+                        help="score runs that are still training, and mark every output provisional")
     args = parser.parse_args(argv)
     out = args.out or args.folder
     config = load_workflow_config(args.configfile)
@@ -72,6 +105,11 @@ def main(argv=None) -> int:
         sys.exit(f"evaluate_warning_rules: no complete run under {args.folder}/runs")
     for run in incomplete:
         print(f"skipping {run}: not all of {INPUTS} are there")
+    unfinished = unfinished_runs(runs, config["experiments"])
+    if unfinished and not args.provisional:
+        listed = "\n  ".join(f"{run}: {where}" for run, where in unfinished.items())
+        sys.exit(f"evaluate_warning_rules: runs still training, whose peak, collapse and first firings can still "
+                 f"move:\n  {listed}\nscore them when they finish, or pass --provisional")
     rules = available_rules(rules, runs[0])
     descriptions = {name: describe_experiment(name, config["experiments"]) for name in config["experiments"]}
     tables = out / "tables"
@@ -79,6 +117,8 @@ def main(argv=None) -> int:
     write_rule_tables(*[[run / name for run in runs] for name in INPUTS],
                       {"runs_csv": tables / "warning_rules.csv", "summary_csv": tables / "warning_rules_summary.csv",
                        "summary_md": tables / "warning_rules_summary.md"}, rules, descriptions)
+    if unfinished:
+        mark_provisional(tables, unfinished)
     if args.no_figures:
         print(f"scored {len(rules)} rules on {len(runs)} runs; wrote {tables}")
         return 0
@@ -89,7 +129,8 @@ def main(argv=None) -> int:
         of_experiment = [run for run in runs if run.parent.parent.name == experiment]
         write_statistic_figures(*[[run / name for run in of_experiment] for name in INPUTS], experiment, statistics,
                                 [figures / f"statistic_{statistic}_{experiment}.png" for statistic in statistics],
-                                descriptions.get(experiment, experiment))
+                                descriptions[experiment] + (" (provisional: runs still training)"
+                                   if any(run in unfinished for run in of_experiment) else ""))
     print(f"scored {len(rules)} rules on {len(runs)} runs; wrote {tables} and {figures}")
     return 0
 

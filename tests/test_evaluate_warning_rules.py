@@ -94,3 +94,45 @@ def test_the_figure_draws_the_median_and_range_over_seeds():
     assert line.get_ydata()[at] == 4.0
     band = figure.axes[0].collections[0].get_paths()[0].vertices[:, 1]
     assert band.min() == 1.5 and band.max() == 4.0
+
+
+def test_runs_still_training_are_refused_unless_scored_provisionally(tmp_path):
+    # the synthetic runs end at 1e5; their experiment is to run 2e5 steps: both still training
+    for seed, weight_decay, collapses, cross in [(0, 0.0, True, 15000), (1, 0.01, False, None)]:
+        write_run(tmp_path, synthetic_run(collapses, cross, seed=seed, weight_decay=weight_decay), seed, weight_decay)
+    experiment = yaml.safe_load((ROOT / "config.yaml").read_text())["experiments"]["mnist_mlp"]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "experiments": {"synthetic": {**experiment, "steps": 200000}},
+        "warning_rules": {"rules": [{"name": "fc1_alpha_below_2", "statistic": "alpha", "layers": ["fc1"],
+                                     "compare": "below", "threshold": 2.0}]}}))
+    script = [sys.executable, str(ROOT / "scripts/evaluate_warning_rules.py"), str(tmp_path), "--configfile", str(config)]
+    refused = subprocess.run(script + ["--no-figures"], capture_output=True, text=True)
+    assert refused.returncode != 0, refused.stdout
+    assert "synthetic/wd0.0/seed0: at step 100000 of 200000" in refused.stderr
+    assert "--provisional" in refused.stderr
+    assert not (tmp_path / "tables").exists()
+    subprocess.run(script + ["--provisional"], check=True, capture_output=True)
+    summary_md = (tmp_path / "tables/warning_rules_summary.md").read_text().splitlines()
+    assert summary_md[2].startswith("**provisional, runs still training: ")
+    assert "wd0.01/seed1 at step 100000 of 200000" in summary_md[2]
+    for name in ("warning_rules.csv", "warning_rules_summary.csv"):
+        table = pd.read_csv(tmp_path / "tables" / name)
+        assert table["provisional"].str.startswith("provisional, runs still training").all()
+    # the scores themselves are the rule's, as without the mark
+    summary = pd.read_csv(tmp_path / "tables/warning_rules_summary.csv").iloc[0]
+    assert (summary["n_collapsing"], summary["n_in_time"], summary["n_not_collapsing"]) == (1, 1, 1)
+    assert (tmp_path / "figures/statistic_alpha_synthetic.png").stat().st_size > 0
+
+
+def test_runs_of_an_experiment_no_config_describes_are_refused(tmp_path):
+    write_run(tmp_path, synthetic_run(True, 15000, seed=0, weight_decay=0.0), 0, 0.0)
+    experiment = yaml.safe_load((ROOT / "config.yaml").read_text())["experiments"]["mnist_mlp"]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "experiments": {"other": experiment},
+        "warning_rules": {"rules": [{"name": "fc1_alpha_below_2", "statistic": "alpha", "layers": ["fc1"],
+                                     "compare": "below", "threshold": 2.0}]}}))
+    failed = subprocess.run([sys.executable, str(ROOT / "scripts/evaluate_warning_rules.py"), str(tmp_path),
+                             "--no-figures", "--configfile", str(config)], capture_output=True, text=True)
+    assert failed.returncode != 0 and "describe no experiment synthetic" in failed.stderr, failed.stderr
