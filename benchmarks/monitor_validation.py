@@ -99,7 +99,7 @@ def phase_thresholds(config: dict) -> PhaseThresholds:
 
 def detector_on_checkpoints(run_dir: Path, run_key: dict, config: dict, phases: pd.DataFrame) -> pd.DataFrame:
     """The workflow detector's spectral rows for this run, from its own checkpoints: htsr.csv and
-    traps.csv as the spectra and traps rules make them, then antigrok.study.tables.evaluate_run_alarms."""
+    traps.csv as the spectra and traps rules make them, then antigrok.study.detector.evaluate_run_alarms."""
     htsr_cfg = config["htsr"]
     htsr, arrays = analyze_checkpoints(run_dir / "checkpoints", run_seed=run_key["seed"],
                                        fix_fingers=htsr_cfg["fix_fingers"] or False, engine=htsr_cfg["engine"],

@@ -2,6 +2,9 @@
 
 - docs/configuration.md lists exactly the keys of workflow/schemas/config.schema.yaml, each with the
   schema's default, and names in its "read by" column every rule that reads the key.
+- Every dotted name of the package (`antigrok.study.detector.evaluate_run_alarms`) in README.md and
+  docs/*.md names a module or an attribute that exists, so that a moved function leaves no stale name.
+  The folders under docs/reference/ are left out: they name the code of the commit that made them.
 - Every relative link in README.md and docs/ resolves, anchors included. External links (with a
   scheme such as https:) are not fetched: the build machines are offline. Links inside HTML comments
   are not links; the only ones allowed are README.md's headline figures, and once those files exist
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from pathlib import Path
@@ -288,6 +292,40 @@ def test_every_relative_link_resolves():
                 broken.append(f"{page.relative_to(REPO)}: {reason}")
     assert checked > 50, f"only {checked} relative links found: the link parser is broken"
     assert not broken, "\n".join(broken)
+
+
+# "antigrok.checkpoint/1" is a format tag, not a name: a name is not followed by "/"
+PACKAGE_NAME = re.compile(r"\bantigrok(?:\.[A-Za-z_][A-Za-z_0-9]*)+(?![A-Za-z_0-9/])")
+
+
+def resolves(dotted: str) -> bool:
+    """The longest importable module prefix of DOTTED, then the rest as attributes of it."""
+    parts = dotted.split(".")
+    for length in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:length]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[length:]:
+            if not hasattr(target, attribute):
+                return False
+            target = getattr(target, attribute)
+        return True
+    return False
+
+
+def test_every_package_name_in_the_docs_exists():
+    pages = [README, *sorted(DOCS.glob("*.md"))]
+    names = {(page.relative_to(REPO), name) for page in pages for name in PACKAGE_NAME.findall(page.read_text())}
+    assert len(names) > 30, f"only {len(names)} package names found: the pattern is broken"
+    stale = sorted(f"{page}: {name}" for page, name in names if not resolves(name))
+    assert not stale, "names of nothing in the package (moved or renamed?):\n" + "\n".join(stale)
+
+
+def test_the_name_checker_tells_a_moved_name():
+    assert resolves("antigrok.spectra.primitives.mp_cdf") and resolves("antigrok.study.detector")
+    assert not resolves("antigrok.htsr.mp_cdf") and not resolves("antigrok.no_such_module.thing")
+    assert PACKAGE_NAME.findall("`antigrok.checkpoint/1` and antigrok.htsr.analyze_layer.") == ["antigrok.htsr.analyze_layer"]
 
 
 def test_the_link_checker_finds_a_broken_link_and_anchor(tmp_path):

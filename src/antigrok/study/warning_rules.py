@@ -18,7 +18,7 @@ A rule (one entry of ``warning_rules.rules``):
     combine     mean (the condition is on the layers' mean, NaN if any is missing) | any | all
     compare     below | above | at_least (the threshold) | departs (the progress-measure control: the slope
                 against log step leaves the median of its last ``window`` slopes by more than
-                ``threshold`` robust SDs, antigrok.study.tables.departure_condition)
+                ``threshold`` robust SDs, antigrok.study.detector.departure_condition)
     threshold   number
     baseline    none | ratio | difference: compare the value / or - its value at the arming checkpoint
     persist     checkpoints in a row the condition must hold before the rule fires (>= 1)
