@@ -5,6 +5,7 @@
     python scripts/long_run.py follow     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --commit
     python scripts/long_run.py save-state --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --commit
     python scripts/long_run.py status     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu
+    python scripts/long_run.py recover    --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --commit
     python scripts/long_run.py report     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --report-dir REPORT_DIR
 
 restore: every unfinished run whose committed state is newer than the work tree's continues from
@@ -13,6 +14,9 @@ centred traps, progress measures) into OUT's per-run files, with the train log, 
 segments and the phase-edge checkpoints. follow: analyse every --analyse-every seconds until every
 run has finished, committing OUT's rows every --commit-every seconds with --commit. save-state:
 copy each run's resume state into OUT (commit it once per working period: a few MB each).
+recover: a phase edge recognised after the machine that wrote its checkpoint was lost leaves that
+checkpoint missing; each is trained again from the newest committed state before it (git history),
+checked against the original's analysed rows (OUT's replayed_checkpoints.csv) and kept in OUT.
 report: the paper's figures (Figs. 1, 3, 4/6, 5/7) and tables (1, 2, 4, and the comparison with the
 paper) from OUT's rows alone, into --report-dir with a REPORT.md; "provisional: wd 0 at step N of
 1e7" on every output while a run trains (antigrok.report.long_run_report). With --rescaled FOLDER CONFIG
@@ -34,7 +38,8 @@ import time
 from pathlib import Path
 
 from antigrok.report.long_run_report import write_report
-from antigrok.study.long_runs import AnalysisSettings, analyse, long_runs, restore, save_state, status_line
+from antigrok.study.long_runs import (REPLAYED_CHECKPOINTS, AnalysisSettings, analyse, long_runs,
+                                      recover_edge_checkpoints, restore, save_state, status_line)
 from antigrok.training.data import load_dataset
 from antigrok.workflow_config import load_workflow_config
 
@@ -69,6 +74,26 @@ def analyse_all(runs, config, results: Path) -> dict[str, int]:
     return counts
 
 
+def recover_all(runs, config, args) -> None:
+    settings = AnalysisSettings.from_config(config)
+    recovered = []
+    for run in runs:
+        dataset_path = args.results / "data" / f"{run.spec.experiment}.pt"
+        if not dataset_path.exists():
+            sys.exit(f"long_run.py recover: {dataset_path} is missing; run the workflow's data rule first "
+                     f"(snakemake --configfile ... {dataset_path})")
+        table = recover_edge_checkpoints(run, load_dataset(dataset_path), settings, config["train"]["cpu_engine"])
+        if table is None:
+            print(f"{run.name}: no edge checkpoint missing")
+        else:
+            recovered.append(f"{run.name}: steps {', '.join(map(str, sorted(set(table['step']))))}")
+            print(f"{run.name}: trained again and kept {recovered[-1].split(': ', 1)[1]} "
+                  f"(agreement with the originals: {run.reference_dir / REPLAYED_CHECKPOINTS})")
+    if args.commit and recovered:
+        git_commit_paths([args.out / "runs"], f"{args.out}: edge checkpoints trained again from committed states\n\n"
+                         + "\n".join(recovered))
+
+
 def rows_message(out: Path, runs) -> str:
     lines = [status_line(run) for run in runs]
     return f"{out}: analysed rows of the long runs\n\n" + "\n".join(lines)
@@ -96,11 +121,11 @@ def follow(runs, config, args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["restore", "analyse", "follow", "save-state", "status", "report"])
+    parser.add_argument("action", choices=["restore", "analyse", "follow", "save-state", "status", "report", "recover"])
     parser.add_argument("--configfile", nargs="+", required=True, type=Path, help="the config(s) the runs were started with")
     parser.add_argument("--out", required=True, type=Path, help="the reference folder, e.g. docs/reference/paper_cpu")
     parser.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
-    parser.add_argument("--commit", action="store_true", help="git-commit what changed under OUT (follow, save-state)")
+    parser.add_argument("--commit", action="store_true", help="git-commit what changed under OUT (follow, save-state, recover)")
     parser.add_argument("--analyse-every", type=float, default=300.0, help="follow: seconds between analyses")
     parser.add_argument("--commit-every", type=float, default=3000.0, help="follow: seconds between commits")
     parser.add_argument("--report-dir", type=Path, help="report: the folder the figures, tables and REPORT.md go to")
@@ -123,6 +148,8 @@ def main(argv=None) -> int:
             print(f"{status_line(run)} ({counts.get(run.name, 0)} new checkpoints analysed)")
     elif args.action == "follow":
         follow(runs, config, args)
+    elif args.action == "recover":
+        recover_all(runs, config, args)
     elif args.action == "report":
         command = "python scripts/long_run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         try:

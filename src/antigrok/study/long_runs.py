@@ -38,6 +38,8 @@ from antigrok.formats.loading import read_checkpoint, safe_torch_load
 from antigrok.htsr import analyze_checkpoint, htsr_table
 from antigrok.runs import CHECKPOINTS, checkpoint_files, checkpoint_path, nearest_checkpoint_step, write_held_elsewhere
 from antigrok.spectra.traps import compute_traps
+from antigrok.study.checkpoint_replay import (committed_states, newest_state_before, rebuild_checkpoint,
+                                              replay_summary, temporary_folder)
 from antigrok.study.phases import PhaseThresholds, segment_phases
 from antigrok.study.progress import ProgressSettings, progress_for_checkpoints
 from antigrok.training.resume import RESUME_DIR, STATE_FILE
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 # pass over ~100 checkpoints takes minutes).
 CHECKPOINTS_PER_WRITE = 10
 # The edges whose checkpoints the tables and the mechanism need (mechanism.edges), by phases.csv column.
+# The record of checkpoints trained again from a committed state, with their agreement with the original.
+REPLAYED_CHECKPOINTS = "replayed_checkpoints.csv"
 EDGE_COLUMNS = {"fit": "fit_step", "grokking_start": "grokking_start_step", "peak": "peak_step",
                 "decline_start": "anti_grokking_start_step"}
 
@@ -261,7 +265,8 @@ def keep_edge_checkpoints(run: LongRun, train_log: pd.DataFrame, local: dict[int
         if not file.exists():
             if step not in local:
                 log.warning("%s: the %s checkpoint (step %d) is on another machine and was not kept there; "
-                            "it is missing from %s", run.name, edge, step, folder)
+                            "it is missing from %s (scripts/long_run.py recover trains it again from a committed "
+                            "state)", run.name, edge, step, folder)
                 continue
             write_safetensors(read_checkpoint(local[step])["model"], file)
         index.append({"edge": edge, "edge_step": edge_step, "checkpoint_step": step, "file": file.name})
@@ -271,6 +276,49 @@ def keep_edge_checkpoints(run: LongRun, train_log: pd.DataFrame, local: dict[int
             stale.unlink()
     if index:
         write_csv_atomically(pd.DataFrame(index), folder.parent / "checkpoints.csv")
+
+
+def missing_edge_checkpoints(run: LongRun, thresholds: PhaseThresholds) -> dict[str, int]:
+    """{edge: checkpoint step} of the edges reached so far whose checkpoint neither the reference folder
+    nor this machine has (written on a machine that is gone, before the edge was recognised)."""
+    train_log, analysed = read_reference(run, "train_log.csv"), sorted(analysed_steps(run))
+    if train_log is None or not analysed:
+        return {}
+    local = local_checkpoints(run)
+    chosen = edge_steps(train_log, analysed, thresholds, run.finished)
+    return {edge: step for edge, (_, step) in chosen.items()
+            if step not in local and not checkpoint_path(run.reference_dir / CHECKPOINTS, step, ".safetensors").exists()}
+
+
+def recover_edge_checkpoints(run: LongRun, dataset: dict, settings: AnalysisSettings, cpu_engine: str,
+                             progress: bool = True) -> pd.DataFrame | None:
+    """Train each missing edge checkpoint again from the newest committed state before it
+    (antigrok.study.checkpoint_replay), keep it in the reference folder as safetensors, and add the
+    comparison with the original's rows to ``replayed_checkpoints.csv``. None: nothing was missing."""
+    missing = missing_edge_checkpoints(run, settings.phases)
+    if not missing:
+        return None
+    original_log, original_htsr = read_reference(run, "train_log.csv"), read_reference(run, "htsr.csv")
+    tables = []
+    with temporary_folder() as scratch:
+        states = committed_states(run.committed_state_path, Path(scratch))
+        for edge, step in sorted(missing.items(), key=lambda item: item[1]):
+            source = newest_state_before(states, step)
+            if source is None:
+                raise ValueError(f"{run.name}: no committed state at or before step {step} (the {edge} checkpoint) "
+                                 f"in the git history of {run.committed_state_path}; it cannot be trained again")
+            log.info("%s: training the %s checkpoint (step %d) again from the state at step %d (%s)",
+                     run.name, edge, step, source.step, source.commit[:7])
+            replayed = Path(scratch) / f"step{step}.pt"
+            tables.append(rebuild_checkpoint(run.spec, dataset, source, step, replayed, original_log, original_htsr,
+                                             settings.fix_fingers, settings.engine, cpu_engine, progress))
+            write_safetensors(read_checkpoint(replayed)["model"],
+                              checkpoint_path(run.reference_dir / CHECKPOINTS, step, ".safetensors"))
+    table = pd.concat(tables, ignore_index=True)
+    append_rows(run, REPLAYED_CHECKPOINTS, table)
+    keep_edge_checkpoints(run, original_log, local_checkpoints(run), settings.phases)
+    log.info("%s:\n%s", run.name, replay_summary(table))
+    return table
 
 
 # ------------------------------------------------------------------------- moving between machines
