@@ -6,6 +6,7 @@
     python scripts/long_run.py save-state --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --commit
     python scripts/long_run.py status     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu
     python scripts/long_run.py recover    --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --commit
+    python scripts/long_run.py check-replay --step 1778279 --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu
     python scripts/long_run.py report     --configfile configs/paper_cpu.yaml --out docs/reference/paper_cpu --report-dir REPORT_DIR
 
 restore: every unfinished run whose committed state is newer than the work tree's continues from
@@ -17,6 +18,8 @@ copy each run's resume state into OUT (commit it once per working period: a few 
 recover: a phase edge recognised after the machine that wrote its checkpoint was lost leaves that
 checkpoint missing; each is trained again from the newest committed state before it (git history),
 checked against the original's analysed rows (OUT's replayed_checkpoints.csv) and kept in OUT.
+check-replay: the same replay of checkpoint --step, compared with the analysed rows and, where this
+machine still has the original, with its weights bit for bit; prints the comparison, keeps nothing.
 report: the paper's figures (Figs. 1, 3, 4/6, 5/7) and tables (1, 2, 4, and the comparison with the
 paper) from OUT's rows alone, into --report-dir with a REPORT.md; "provisional: wd 0 at step N of
 1e7" on every output while a run trains (antigrok.report.long_run_report). With --rescaled FOLDER CONFIG
@@ -38,7 +41,7 @@ import time
 from pathlib import Path
 
 from antigrok.report.long_run_report import write_report
-from antigrok.study.long_runs import (REPLAYED_CHECKPOINTS, AnalysisSettings, analyse, long_runs,
+from antigrok.study.long_runs import (REPLAYED_CHECKPOINTS, AnalysisSettings, analyse, check_replay, long_runs,
                                       recover_edge_checkpoints, restore, save_state, status_line)
 from antigrok.training.data import load_dataset
 from antigrok.workflow_config import load_workflow_config
@@ -74,15 +77,32 @@ def analyse_all(runs, config, results: Path) -> dict[str, int]:
     return counts
 
 
+def dataset_of(run, args) -> dict:
+    path = args.results / "data" / f"{run.spec.experiment}.pt"
+    if not path.exists():
+        sys.exit(f"long_run.py {args.action}: {path} is missing; run the workflow's data rule first "
+                 f"(snakemake --configfile ... {path})")
+    return load_dataset(path)
+
+
+def check_replays(runs, config, args) -> None:
+    settings = AnalysisSettings.from_config(config)
+    for run in runs:
+        table, identical = check_replay(run, dataset_of(run, args), settings, config["train"]["cpu_engine"], args.step)
+        print(f"{run.name}: checkpoint {args.step} trained again from the committed state at step "
+              f"{table['from_state_step'].iloc[0]} ({table['from_state_commit'].iloc[0][:7]}) on {table['cpu'].iloc[0]} "
+              f"in {table['wall_s'].iloc[0]:.0f} s; weights "
+              + {True: "bit for bit equal to this machine's original",
+                 False: "NOT equal to this machine's original",
+                 None: "not compared (this machine does not have the original)"}[identical])
+        print(table[["quantity", "layer", "original", "replayed", "difference"]].to_string(index=False))
+
+
 def recover_all(runs, config, args) -> None:
     settings = AnalysisSettings.from_config(config)
     recovered = []
     for run in runs:
-        dataset_path = args.results / "data" / f"{run.spec.experiment}.pt"
-        if not dataset_path.exists():
-            sys.exit(f"long_run.py recover: {dataset_path} is missing; run the workflow's data rule first "
-                     f"(snakemake --configfile ... {dataset_path})")
-        table = recover_edge_checkpoints(run, load_dataset(dataset_path), settings, config["train"]["cpu_engine"])
+        table = recover_edge_checkpoints(run, dataset_of(run, args), settings, config["train"]["cpu_engine"])
         if table is None:
             print(f"{run.name}: no edge checkpoint missing")
         else:
@@ -121,7 +141,8 @@ def follow(runs, config, args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["restore", "analyse", "follow", "save-state", "status", "report", "recover"])
+    parser.add_argument("action", choices=["restore", "analyse", "follow", "save-state", "status", "report", "recover",
+                                           "check-replay"])
     parser.add_argument("--configfile", nargs="+", required=True, type=Path, help="the config(s) the runs were started with")
     parser.add_argument("--out", required=True, type=Path, help="the reference folder, e.g. docs/reference/paper_cpu")
     parser.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
@@ -132,7 +153,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rescaled", nargs=2, action="append", default=[], metavar=("FOLDER", "CONFIG"),
                         help="report: a reference folder of time-rescaled runs and the config that made them, to "
                              "compare at equal lr x step (repeatable)")
+    parser.add_argument("--step", type=int, help="check-replay: the checkpoint step to train again")
+    parser.add_argument("--run", help="check-replay: only this run, e.g. mnist_mlp/wd0.0/seed0")
     args = parser.parse_args(argv)
+    if args.action == "check-replay" and args.step is None:
+        parser.error("check-replay needs --step (a checkpoint step of the runs)")
     if args.action == "report" and args.report_dir is None:
         parser.error("report needs --report-dir (the folder its figures, tables and REPORT.md go to)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -150,6 +175,11 @@ def main(argv=None) -> int:
         follow(runs, config, args)
     elif args.action == "recover":
         recover_all(runs, config, args)
+    elif args.action == "check-replay":
+        chosen = [run for run in runs if args.run in (None, run.name)]
+        if not chosen:
+            parser.error(f"--run {args.run}: no such run in the config ({', '.join(run.name for run in runs)})")
+        check_replays(chosen, config, args)
     elif args.action == "report":
         command = "python scripts/long_run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         try:

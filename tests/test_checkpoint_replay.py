@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from antigrok.formats.loading import read_checkpoint, safe_torch_load
 from antigrok.study import long_runs
-from antigrok.study.checkpoint_replay import committed_states, newest_state_before, replay
-from antigrok.study.long_runs import (REPLAYED_CHECKPOINTS, LongRun, analyse, missing_edge_checkpoints,
-                                      recover_edge_checkpoints, restore, save_state)
+from antigrok.study.checkpoint_replay import committed_states, newest_state_before, replay, same_weights
+from antigrok.study.long_runs import (REPLAYED_CHECKPOINTS, LongRun, analyse, check_replay,
+                                      missing_edge_checkpoints, recover_edge_checkpoints, restore, save_state)
 from antigrok.training.train import train_run
 from test_long_runs import SETTINGS, small_dataset, small_spec, train_until_crash
 
@@ -30,10 +30,6 @@ def commit_state(repository: Path, run: LongRun) -> int:
     git(repository, "add", "-A")
     git(repository, "commit", "-q", "-m", f"state at {step}")
     return step
-
-
-def same_weights(first: dict, second: dict) -> bool:
-    return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +88,10 @@ def test_recover_trains_a_lost_edge_checkpoint_again(tmp_path, monkeypatch, unin
     analyse(machine_a, dataset, SETTINGS)
     second_state = commit_state(tmp_path, machine_a)
     assert first_state < 100 < second_state
+    # check-replay on machine A, which still has checkpoint 100: the replay is its original
+    checked, identical = check_replay(machine_a, dataset, SETTINGS, "fast", 100, progress=False)
+    assert identical is True and set(checked["from_state_step"]) == {first_state}
+    assert (checked["difference"].fillna(0) == 0).all()
 
     machine_b = LongRun(small_spec(), tmp_path / "machine_b" / "run", reference)
     restore(machine_b)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from antigrok.formats.loading import safe_torch_load
@@ -166,6 +167,11 @@ def replay_summary(table: pd.DataFrame) -> str:
         lines.append(f"step {step}: replayed from the state at step {first['from_state_step']} "
                      f"({str(first['from_state_commit'])[:7]}) on {first['cpu']} in {first['wall_s']:.0f} s; {agreement}")
     return "\n".join(lines)
+
+
+def same_weights(first: dict, second: dict) -> bool:
+    """Two state dicts with the same names and bit-for-bit equal tensors."""
+    return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
 
 
 def temporary_folder() -> tempfile.TemporaryDirectory:

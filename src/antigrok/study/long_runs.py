@@ -39,7 +39,7 @@ from antigrok.htsr import analyze_checkpoint, htsr_table
 from antigrok.runs import CHECKPOINTS, checkpoint_files, checkpoint_path, nearest_checkpoint_step, write_held_elsewhere
 from antigrok.spectra.traps import compute_traps
 from antigrok.study.checkpoint_replay import (committed_states, newest_state_before, rebuild_checkpoint,
-                                              replay_summary, temporary_folder)
+                                              replay_summary, same_weights, temporary_folder)
 from antigrok.study.phases import PhaseThresholds, segment_phases
 from antigrok.study.progress import ProgressSettings, progress_for_checkpoints
 from antigrok.training.resume import RESUME_DIR, STATE_FILE
@@ -290,6 +290,23 @@ def missing_edge_checkpoints(run: LongRun, thresholds: PhaseThresholds) -> dict[
             if step not in local and not checkpoint_path(run.reference_dir / CHECKPOINTS, step, ".safetensors").exists()}
 
 
+def replay_from_history(run: LongRun, states: list, step: int, what: str, scratch: Path, dataset: dict,
+                        settings: AnalysisSettings, cpu_engine: str, progress: bool) -> tuple[Path, pd.DataFrame]:
+    """Checkpoint ``step`` trained again from the newest of ``states`` before it, written under ``scratch``
+    (torch format), and its comparison with the original's analysed rows."""
+    source = newest_state_before(states, step)
+    if source is None:
+        raise ValueError(f"{run.name}: no committed state at or before step {step} ({what}) in the git history "
+                         f"of {run.committed_state_path}; it cannot be trained again")
+    log.info("%s: training %s (step %d) again from the state at step %d (%s)", run.name, what, step, source.step,
+             source.commit[:7])
+    replayed = scratch / f"step{step}.pt"
+    table = rebuild_checkpoint(run.spec, dataset, source, step, replayed, read_reference(run, "train_log.csv"),
+                               read_reference(run, "htsr.csv"), settings.fix_fingers, settings.engine, cpu_engine,
+                               progress)
+    return replayed, table
+
+
 def recover_edge_checkpoints(run: LongRun, dataset: dict, settings: AnalysisSettings, cpu_engine: str,
                              progress: bool = True) -> pd.DataFrame | None:
     """Train each missing edge checkpoint again from the newest committed state before it
@@ -298,27 +315,35 @@ def recover_edge_checkpoints(run: LongRun, dataset: dict, settings: AnalysisSett
     missing = missing_edge_checkpoints(run, settings.phases)
     if not missing:
         return None
-    original_log, original_htsr = read_reference(run, "train_log.csv"), read_reference(run, "htsr.csv")
     tables = []
     with temporary_folder() as scratch:
         states = committed_states(run.committed_state_path, Path(scratch))
         for edge, step in sorted(missing.items(), key=lambda item: item[1]):
-            source = newest_state_before(states, step)
-            if source is None:
-                raise ValueError(f"{run.name}: no committed state at or before step {step} (the {edge} checkpoint) "
-                                 f"in the git history of {run.committed_state_path}; it cannot be trained again")
-            log.info("%s: training the %s checkpoint (step %d) again from the state at step %d (%s)",
-                     run.name, edge, step, source.step, source.commit[:7])
-            replayed = Path(scratch) / f"step{step}.pt"
-            tables.append(rebuild_checkpoint(run.spec, dataset, source, step, replayed, original_log, original_htsr,
-                                             settings.fix_fingers, settings.engine, cpu_engine, progress))
+            replayed, table = replay_from_history(run, states, step, f"the {edge} checkpoint", Path(scratch), dataset,
+                                                  settings, cpu_engine, progress)
+            tables.append(table)
             write_safetensors(read_checkpoint(replayed)["model"],
                               checkpoint_path(run.reference_dir / CHECKPOINTS, step, ".safetensors"))
     table = pd.concat(tables, ignore_index=True)
     append_rows(run, REPLAYED_CHECKPOINTS, table)
-    keep_edge_checkpoints(run, original_log, local_checkpoints(run), settings.phases)
+    keep_edge_checkpoints(run, read_reference(run, "train_log.csv"), local_checkpoints(run), settings.phases)
     log.info("%s:\n%s", run.name, replay_summary(table))
     return table
+
+
+def check_replay(run: LongRun, dataset: dict, settings: AnalysisSettings, cpu_engine: str, step: int,
+                 progress: bool = True) -> tuple[pd.DataFrame, bool | None]:
+    """Checkpoint ``step`` trained again from the committed history as ``recover`` would, compared with
+    the original's analysed rows and, where this machine still has the original file, with its weights:
+    (the comparison rows, bit for bit equal or None where there is no file to compare). Nothing is kept."""
+    with temporary_folder() as scratch:
+        states = committed_states(run.committed_state_path, Path(scratch))
+        replayed, table = replay_from_history(run, states, step, f"checkpoint {step}", Path(scratch), dataset,
+                                              settings, cpu_engine, progress)
+        original = local_checkpoints(run).get(step)
+        identical = None if original is None else same_weights(read_checkpoint(replayed)["model"],
+                                                               read_checkpoint(original)["model"])
+    return table, identical
 
 
 # ------------------------------------------------------------------------- moving between machines
