@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 from antigrok.report.long_run_report import write_report
+from antigrok.study.checkpoint_replay import ReplaySettings
 from antigrok.study.long_runs import (REPLAYED_CHECKPOINTS, AnalysisSettings, analyse, check_replay, long_runs,
                                       recover_edge_checkpoints, restore, save_state, status_line)
 from antigrok.training.data import load_dataset
@@ -88,7 +89,7 @@ def dataset_of(run, args) -> dict:
 def check_replays(runs, config, args) -> None:
     settings = AnalysisSettings.from_config(config)
     for run in runs:
-        table, identical = check_replay(run, dataset_of(run, args), settings, config["train"]["cpu_engine"], args.step)
+        table, identical = check_replay(run, dataset_of(run, args), settings, ReplaySettings.from_config(config), args.step)
         print(f"{run.name}: checkpoint {args.step} trained again from the committed state at step "
               f"{table['from_state_step'].iloc[0]} ({table['from_state_commit'].iloc[0][:7]}) on {table['cpu'].iloc[0]} "
               f"in {table['wall_s'].iloc[0]:.0f} s; weights "
@@ -102,7 +103,7 @@ def recover_all(runs, config, args) -> None:
     settings = AnalysisSettings.from_config(config)
     recovered = []
     for run in runs:
-        table = recover_edge_checkpoints(run, dataset_of(run, args), settings, config["train"]["cpu_engine"])
+        table = recover_edge_checkpoints(run, dataset_of(run, args), settings, ReplaySettings.from_config(config))
         if table is None:
             print(f"{run.name}: no edge checkpoint missing")
         else:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from antigrok.formats.loading import read_checkpoint, safe_torch_load
 from antigrok.study import long_runs
-from antigrok.study.checkpoint_replay import committed_states, newest_state_before, replay, same_weights
+from antigrok.study.checkpoint_replay import ReplaySettings, committed_states, newest_state_before, replay, same_weights
 from antigrok.study.long_runs import (REPLAYED_CHECKPOINTS, LongRun, analyse, check_replay,
                                       missing_edge_checkpoints, recover_edge_checkpoints, restore, save_state)
 from antigrok.training.train import train_run
@@ -44,7 +44,9 @@ def test_a_replay_from_a_mid_run_state_is_the_uninterrupted_checkpoint(tmp_path,
     train_until_crash(small_spec(), dataset, tmp_path / "run", monkeypatch, crash_step=40)
     state = safe_torch_load(tmp_path / "run" / ".resume" / "state.pt")
     assert 32 < state["step"] < 100
-    engine = replay(small_spec(), dataset, state, 100, progress=False)
+    threads = torch.get_num_threads()
+    engine = replay(small_spec(), dataset, state, 100, ReplaySettings(threads=1), progress=False)
+    assert torch.get_num_threads() == threads  # the rule's thread count for the replay only
     original = read_checkpoint(uninterrupted / "checkpoints" / "step000000100.pt")["model"]
     assert same_weights(engine.model.state_dict(), original)
     with pytest.raises(ValueError, match="not one of the run's checkpoint steps"):
@@ -89,7 +91,7 @@ def test_recover_trains_a_lost_edge_checkpoint_again(tmp_path, monkeypatch, unin
     second_state = commit_state(tmp_path, machine_a)
     assert first_state < 100 < second_state
     # check-replay on machine A, which still has checkpoint 100: the replay is its original
-    checked, identical = check_replay(machine_a, dataset, SETTINGS, "fast", 100, progress=False)
+    checked, identical = check_replay(machine_a, dataset, SETTINGS, ReplaySettings(), 100, progress=False)
     assert identical is True and set(checked["from_state_step"]) == {first_state}
     assert (checked["difference"].fillna(0) == 0).all()
 
@@ -101,7 +103,7 @@ def test_recover_trains_a_lost_edge_checkpoint_again(tmp_path, monkeypatch, unin
     analyse(machine_b, dataset, SETTINGS)  # warns: the peak's checkpoint is on machine A
     assert missing_edge_checkpoints(machine_b, SETTINGS.phases) == {"peak": 100}
 
-    table = recover_edge_checkpoints(machine_b, dataset, SETTINGS, "fast", progress=False)
+    table = recover_edge_checkpoints(machine_b, dataset, SETTINGS, ReplaySettings(), progress=False)
     kept = reference / "checkpoints" / "step000000100.safetensors"
     original = read_checkpoint(uninterrupted / "checkpoints" / "step000000100.pt")["model"]
     assert same_weights(load_file(kept), original)  # the same CPU: the original, bit for bit
@@ -115,7 +117,7 @@ def test_recover_trains_a_lost_edge_checkpoint_again(tmp_path, monkeypatch, unin
     edges = pd.read_csv(reference / "checkpoints.csv").set_index("edge")
     assert edges.loc["peak", "file"] == kept.name and edges.loc["end", "checkpoint_step"] == 300
     assert missing_edge_checkpoints(machine_b, SETTINGS.phases) == {}
-    assert recover_edge_checkpoints(machine_b, dataset, SETTINGS, "fast", progress=False) is None
+    assert recover_edge_checkpoints(machine_b, dataset, SETTINGS, ReplaySettings(), progress=False) is None
 
 
 def test_recover_says_when_no_committed_state_precedes_the_checkpoint(tmp_path, monkeypatch):
@@ -130,7 +132,7 @@ def test_recover_says_when_no_committed_state_precedes_the_checkpoint(tmp_path, 
     real_edge_steps = long_runs.edge_steps
     monkeypatch.setattr(long_runs, "edge_steps", lambda *args: {**real_edge_steps(*args), "fit": (10, 10)})
     with pytest.raises(ValueError, match="no committed state at or before step 10"):
-        recover_edge_checkpoints(run, dataset, SETTINGS, "fast", progress=False)
+        recover_edge_checkpoints(run, dataset, SETTINGS, ReplaySettings(), progress=False)
 
 
 def lose_local_checkpoints(run: LongRun) -> None:

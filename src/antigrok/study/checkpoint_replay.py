@@ -45,6 +45,19 @@ REPLAY_COLUMNS = ["step", "from_state_step", "from_state_commit", "machine", "cp
 
 
 @dataclass(frozen=True)
+class ReplaySettings:
+    """How the train rule computed the steps (``train.cpu_engine``, ``train.threads``): a replay on
+    another thread count could round a reduction differently, so it uses the rule's."""
+
+    cpu_engine: str = "fast"
+    threads: int = 1
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ReplaySettings":
+        return cls(config["train"]["cpu_engine"], int(config["train"]["threads"]))
+
+
+@dataclass(frozen=True)
 class CommittedState:
     """A resume state of the run as one commit holds it."""
 
@@ -80,12 +93,12 @@ def newest_state_before(states: list[CommittedState], step: int) -> CommittedSta
     return earlier[-1] if earlier else None
 
 
-def replay(spec: RunSpec, dataset: dict, state: dict, step: int, cpu_engine: str = "fast",
+def replay(spec: RunSpec, dataset: dict, state: dict, step: int, settings: ReplaySettings = ReplaySettings(),
            progress: bool = True) -> SingleRun:
     """The run trained from ``state`` to ``step``, as ``antigrok.training.train.run_loop`` trains it.
 
     The steps are taken in the loop's chunks, synchronised at every log and checkpoint step as the loop
-    does, so that the replay computes what the run computed."""
+    does, on the train rule's number of threads, so that the replay computes what the run computed."""
     last_step = spec.experiment_cfg["steps"]
     checkpoints = checkpoint_steps(last_step, spec.checkpoint_per_decade)
     if step not in checkpoints:
@@ -93,22 +106,27 @@ def replay(spec: RunSpec, dataset: dict, state: dict, step: int, cpu_engine: str
     if state["fingerprint"] != spec.fingerprint():
         raise ValueError(f"{spec.name}: the resume state was made under other settings (fingerprint "
                          f"{str(state['fingerprint'])[:12]}, the config gives {spec.fingerprint()[:12]})")
-    engine = SingleRun(spec, dataset, device="cpu", cpu_engine=cpu_engine)
+    engine = SingleRun(spec, dataset, device="cpu", cpu_engine=settings.cpu_engine)
     current, _ = engine.restore(state)
     if current > step:
         raise ValueError(f"{spec.name}: the resume state is at step {current}, after checkpoint {step}")
     events = sorted(set(checkpoints) | set(log_steps(last_step, spec.log_per_decade, spec.checkpoint_per_decade)))
     engine.start()
-    with tqdm(total=step, initial=current, desc=f"replay {spec.name}", unit="step", mininterval=5.0,
-              disable=not progress) as bar:
-        while current < step:
-            target = min(events[bisect.bisect_right(events, current)], current + MAX_STEPS_BETWEEN_CLOCK_CHECKS)
-            engine.advance(current, target - current)
-            bar.update(target - current)
-            current = target
-            if current in events:
-                engine.sync()
-    engine.sync()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        with tqdm(total=step, initial=current, desc=f"replay {spec.name}", unit="step", mininterval=5.0,
+                  disable=not progress) as bar:
+            while current < step:
+                target = min(events[bisect.bisect_right(events, current)], current + MAX_STEPS_BETWEEN_CLOCK_CHECKS)
+                engine.advance(current, target - current)
+                bar.update(target - current)
+                current = target
+                if current in events:
+                    engine.sync()
+        engine.sync()
+    finally:
+        torch.set_num_threads(threads)
     return engine
 
 
@@ -140,11 +158,12 @@ def comparison_rows(engine: SingleRun, spec: RunSpec, step: int, replayed_checkp
 
 def rebuild_checkpoint(spec: RunSpec, dataset: dict, source: CommittedState, step: int, output: Path,
                        original_log: pd.DataFrame, original_htsr: pd.DataFrame, fix_fingers="clip_xmax",
-                       htsr_engine: str = "fast", cpu_engine: str = "fast", progress: bool = True) -> pd.DataFrame:
+                       htsr_engine: str = "fast", settings: ReplaySettings = ReplaySettings(),
+                       progress: bool = True) -> pd.DataFrame:
     """Replay ``spec`` from ``source`` to checkpoint ``step``, write it to ``output`` (torch format) and
     return the REPLAY_COLUMNS rows that compare it with the original's analysed rows."""
     started = time.monotonic()
-    engine = replay(spec, dataset, safe_torch_load(source.path), step, cpu_engine, progress)
+    engine = replay(spec, dataset, safe_torch_load(source.path), step, settings, progress)
     wall_s = time.monotonic() - started
     write_replayed_checkpoint(spec, engine, step, output)
     table = comparison_rows(engine, spec, step, output, original_log, original_htsr, fix_fingers, htsr_engine)

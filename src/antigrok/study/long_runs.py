@@ -38,8 +38,8 @@ from antigrok.formats.loading import read_checkpoint, safe_torch_load
 from antigrok.htsr import analyze_checkpoint, htsr_table
 from antigrok.runs import CHECKPOINTS, checkpoint_files, checkpoint_path, nearest_checkpoint_step, write_held_elsewhere
 from antigrok.spectra.traps import compute_traps
-from antigrok.study.checkpoint_replay import (committed_states, newest_state_before, rebuild_checkpoint,
-                                              replay_summary, same_weights, temporary_folder)
+from antigrok.study.checkpoint_replay import (ReplaySettings, committed_states, newest_state_before,
+                                              rebuild_checkpoint, replay_summary, same_weights, temporary_folder)
 from antigrok.study.phases import PhaseThresholds, segment_phases
 from antigrok.study.progress import ProgressSettings, progress_for_checkpoints
 from antigrok.training.resume import RESUME_DIR, STATE_FILE
@@ -291,7 +291,8 @@ def missing_edge_checkpoints(run: LongRun, thresholds: PhaseThresholds) -> dict[
 
 
 def replay_from_history(run: LongRun, states: list, step: int, what: str, scratch: Path, dataset: dict,
-                        settings: AnalysisSettings, cpu_engine: str, progress: bool) -> tuple[Path, pd.DataFrame]:
+                        settings: AnalysisSettings, replay_settings: ReplaySettings,
+                        progress: bool) -> tuple[Path, pd.DataFrame]:
     """Checkpoint ``step`` trained again from the newest of ``states`` before it, written under ``scratch``
     (torch format), and its comparison with the original's analysed rows."""
     source = newest_state_before(states, step)
@@ -302,13 +303,13 @@ def replay_from_history(run: LongRun, states: list, step: int, what: str, scratc
              source.commit[:7])
     replayed = scratch / f"step{step}.pt"
     table = rebuild_checkpoint(run.spec, dataset, source, step, replayed, read_reference(run, "train_log.csv"),
-                               read_reference(run, "htsr.csv"), settings.fix_fingers, settings.engine, cpu_engine,
-                               progress)
+                               read_reference(run, "htsr.csv"), settings.fix_fingers, settings.engine,
+                               replay_settings, progress)
     return replayed, table
 
 
-def recover_edge_checkpoints(run: LongRun, dataset: dict, settings: AnalysisSettings, cpu_engine: str,
-                             progress: bool = True) -> pd.DataFrame | None:
+def recover_edge_checkpoints(run: LongRun, dataset: dict, settings: AnalysisSettings,
+                             replay_settings: ReplaySettings, progress: bool = True) -> pd.DataFrame | None:
     """Train each missing edge checkpoint again from the newest committed state before it
     (antigrok.study.checkpoint_replay), keep it in the reference folder as safetensors, and add the
     comparison with the original's rows to ``replayed_checkpoints.csv``. None: nothing was missing."""
@@ -320,7 +321,7 @@ def recover_edge_checkpoints(run: LongRun, dataset: dict, settings: AnalysisSett
         states = committed_states(run.committed_state_path, Path(scratch))
         for edge, step in sorted(missing.items(), key=lambda item: item[1]):
             replayed, table = replay_from_history(run, states, step, f"the {edge} checkpoint", Path(scratch), dataset,
-                                                  settings, cpu_engine, progress)
+                                                  settings, replay_settings, progress)
             tables.append(table)
             write_safetensors(read_checkpoint(replayed)["model"],
                               checkpoint_path(run.reference_dir / CHECKPOINTS, step, ".safetensors"))
@@ -331,15 +332,15 @@ def recover_edge_checkpoints(run: LongRun, dataset: dict, settings: AnalysisSett
     return table
 
 
-def check_replay(run: LongRun, dataset: dict, settings: AnalysisSettings, cpu_engine: str, step: int,
-                 progress: bool = True) -> tuple[pd.DataFrame, bool | None]:
+def check_replay(run: LongRun, dataset: dict, settings: AnalysisSettings, replay_settings: ReplaySettings,
+                 step: int, progress: bool = True) -> tuple[pd.DataFrame, bool | None]:
     """Checkpoint ``step`` trained again from the committed history as ``recover`` would, compared with
     the original's analysed rows and, where this machine still has the original file, with its weights:
     (the comparison rows, bit for bit equal or None where there is no file to compare). Nothing is kept."""
     with temporary_folder() as scratch:
         states = committed_states(run.committed_state_path, Path(scratch))
         replayed, table = replay_from_history(run, states, step, f"checkpoint {step}", Path(scratch), dataset,
-                                              settings, cpu_engine, progress)
+                                              settings, replay_settings, progress)
         original = local_checkpoints(run).get(step)
         identical = None if original is None else same_weights(read_checkpoint(replayed)["model"],
                                                                read_checkpoint(original)["model"])
