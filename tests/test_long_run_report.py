@@ -225,6 +225,25 @@ def test_a_missing_reference_file_is_named(folders, tmp_path, capsys):
     assert not (tmp_path / "out" / "figures").exists()  # refused before anything was drawn
 
 
+def test_a_reached_edge_without_its_checkpoint_is_said(folders, tmp_path):
+    """An edge whose checkpoint left with its machine (dropped from the copy's checkpoints.csv): the report
+    still draws what is kept and says which edge is missing and how to train it again."""
+    config_file, _, finished = folders
+    copy = tmp_path / "reference"
+    shutil.copytree(finished, copy)
+    run = copy / "runs" / "small" / "wd0.0" / "seed3"
+    index = pd.read_csv(run / "checkpoints.csv")
+    lost = index[index["edge"] != "end"].iloc[0]
+    index[index["file"] != lost["file"]].to_csv(run / "checkpoints.csv", index=False)  # edges may share a file
+    (run / "checkpoints" / lost["file"]).unlink()
+    report(config_file, copy, tmp_path / "out")
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert f"small/wd0.0/seed3: no checkpoint kept for the {long_run_report.EDGE_HEADINGS[lost['edge']]} " \
+           f"(step {lost['edge_step']})" in text
+    assert "long_run.py recover" in text
+    assert "wd0.01/seed3: no checkpoint kept" not in text
+
+
 def test_a_run_whose_rows_lag_its_training_says_both():
     status = RunStatus("mnist_mlp", 0.0, 0, trained_step=1039122, analysed_step=1000000, last_step=10_000_000)
     assert long_run_report.status_line([status]) == (

@@ -241,6 +241,7 @@ def draw_figures(group: RunGroup, config: dict, folder: Path, work: Path) -> tup
                                **common)
     written = [paths["accuracy"], paths["alpha"], paths["progress"]]
     checks = []
+    checks += [line for line in map(missing_edges_check, group.runs) if line]
     # The lowest seed stands for the group, as in the workflow's Fig. 3.
     run = min(group.runs, key=lambda r: r.spec.seed)
     edges = edge_checkpoints(run)
@@ -264,6 +265,20 @@ def edge_checkpoints(run: LongRun) -> pd.DataFrame:
     if reached:
         raise FileNotFoundError(missing_message([index]) + f" (phases.csv says {run.name} has reached {reached[0]})")
     return pd.DataFrame(columns=["edge", "edge_step", "checkpoint_step", "file"])
+
+
+def missing_edges_check(run: LongRun) -> str | None:
+    """The edges phases.csv has reached whose checkpoint the reference folder does not keep (written by a
+    machine that was gone before the edge was recognised), or None."""
+    first = pd.read_csv(reference_file(run, "phases.csv")).iloc[0]
+    kept = set(edge_checkpoints(run)["edge"])
+    missing = [f"{EDGE_HEADINGS.get(edge, edge)} (step {int(first[column])})" for edge, column in EDGE_COLUMNS.items()
+               if column in first and not pd.isna(first[column]) and edge not in kept]
+    if not missing:
+        return None
+    return (f"{run.name}: no checkpoint kept for the {', '.join(missing)}, so the trap figure lacks it: it was "
+            "written by a machine that was gone before the edge was recognised. `scripts/long_run.py recover` "
+            "trains it again from a committed state (docs/long-runs.md)")
 
 
 def edge_spectra(run: LongRun, edges: pd.DataFrame, config: dict, npz_path: Path) -> pd.DataFrame:
