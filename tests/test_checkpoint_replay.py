@@ -75,7 +75,7 @@ def test_the_committed_states_are_read_from_the_git_history(tmp_path):
     assert newest_state_before(states, 39) is None
 
 
-def test_recover_trains_a_lost_edge_checkpoint_again(tmp_path, monkeypatch, uninterrupted):
+def test_recover_trains_a_lost_edge_checkpoint_again(tmp_path, monkeypatch, caplog, uninterrupted):
     """Machine A trains to about step 150 and commits two states; machine B continues from the second.
     An edge at checkpoint 100 is recognised only afterwards, when A (and its checkpoint) is gone."""
     dataset = small_dataset()
@@ -100,7 +100,10 @@ def test_recover_trains_a_lost_edge_checkpoint_again(tmp_path, monkeypatch, unin
     train_run(machine_b.spec, dataset, machine_b.run_dir, device="cpu", progress=False)
     real_edge_steps = long_runs.edge_steps
     monkeypatch.setattr(long_runs, "edge_steps", lambda *args: {**real_edge_steps(*args), "peak": (100, 100)})
-    analyse(machine_b, dataset, SETTINGS)  # warns: the peak's checkpoint is on machine A
+    with caplog.at_level("WARNING"):
+        analyse(machine_b, dataset, SETTINGS)  # warns: the peak's checkpoint is on machine A
+        analyse(machine_b, dataset, SETTINGS)  # ... once, not at every analysis
+    assert caplog.text.count("the peak checkpoint (step 100) is on another machine") == 1
     assert missing_edge_checkpoints(machine_b, SETTINGS.phases) == {"peak": 100}
 
     table = recover_edge_checkpoints(machine_b, dataset, SETTINGS, ReplaySettings(), progress=False)

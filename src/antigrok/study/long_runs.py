@@ -250,6 +250,10 @@ def edge_steps(train_log: pd.DataFrame, analysed: list[int], thresholds: PhaseTh
     return chosen
 
 
+# (reference checkpoints folder, edge, step) of the missing edge checkpoints this process has warned of
+_MISSING_SAID: set[tuple[str, str, int]] = set()
+
+
 def keep_edge_checkpoints(run: LongRun, train_log: pd.DataFrame, local: dict[int, Path],
                           thresholds: PhaseThresholds) -> None:
     """The reference folder keeps, as safetensors, the checkpoints nearest the phase edges reached so
@@ -264,9 +268,11 @@ def keep_edge_checkpoints(run: LongRun, train_log: pd.DataFrame, local: dict[int
         file = checkpoint_path(folder, step, ".safetensors")
         if not file.exists():
             if step not in local:
-                log.warning("%s: the %s checkpoint (step %d) is on another machine and was not kept there; "
-                            "it is missing from %s (scripts/long_run.py recover trains it again from a committed "
-                            "state)", run.name, edge, step, folder)
+                if (str(folder), edge, step) not in _MISSING_SAID:  # once per process, not at every analysis
+                    _MISSING_SAID.add((str(folder), edge, step))
+                    log.warning("%s: the %s checkpoint (step %d) is on another machine and was not kept there; "
+                                "it is missing from %s (scripts/long_run.py recover trains it again from a "
+                                "committed state)", run.name, edge, step, folder)
                 continue
             write_safetensors(read_checkpoint(local[step])["model"], file)
         index.append({"edge": edge, "edge_step": edge_step, "checkpoint_step": step, "file": file.name})
