@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from antigrok.report.long_run_report import with_status
 from antigrok.report.statistic_figures import write_statistic_figures
 from antigrok.runs import RUN_FOLDERS
 from antigrok.study.warning_rules import write_rule_tables
@@ -59,8 +60,7 @@ def mark_provisional(tables: Path, unfinished: dict[Path, str]) -> None:
     """A bold line under the summary's title and a ``provisional`` column in both CSVs."""
     note = "provisional, runs still training: " + "; ".join(f"{run} {where}" for run, where in unfinished.items())
     summary_md = tables / "warning_rules_summary.md"
-    title, _, rest = summary_md.read_text().partition("\n")
-    summary_md.write_text(f"{title}\n\n**{note}**\n{rest}")
+    summary_md.write_text(with_status(summary_md.read_text(), note))
     for name in ("warning_rules.csv", "warning_rules_summary.csv"):
         frame = pd.read_csv(tables / name, keep_default_na=False, dtype=str)
         frame.insert(0, "provisional", note)

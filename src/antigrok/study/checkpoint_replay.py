@@ -130,11 +130,6 @@ def replay(spec: RunSpec, dataset: dict, state: dict, step: int, settings: Repla
     return engine
 
 
-def write_replayed_checkpoint(spec: RunSpec, engine: SingleRun, step: int, path: Path) -> None:
-    """The replayed model as the train rule writes a checkpoint (torch format, for the analysis)."""
-    save_checkpoint(path, engine.model, spec, step)
-
-
 def comparison_rows(engine: SingleRun, spec: RunSpec, step: int, replayed_checkpoint: Path,
                     original_log: pd.DataFrame, original_htsr: pd.DataFrame, fix_fingers, htsr_engine: str) -> pd.DataFrame:
     """quantity, layer, original, replayed: the train log row and each layer's spectrum, original against replay."""
@@ -165,7 +160,7 @@ def rebuild_checkpoint(spec: RunSpec, dataset: dict, source: CommittedState, ste
     started = time.monotonic()
     engine = replay(spec, dataset, safe_torch_load(source.path), step, settings, progress)
     wall_s = time.monotonic() - started
-    write_replayed_checkpoint(spec, engine, step, output)
+    save_checkpoint(output, engine.model, spec, step)  # as the train rule writes it, for the analysis
     table = comparison_rows(engine, spec, step, output, original_log, original_htsr, fix_fingers, htsr_engine)
     engine.close()
     provenance = {"step": step, "from_state_step": source.step, "from_state_commit": source.commit,
