@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from antigrok.training.models import build_model
 from antigrok.training.schedule import checkpoint_steps, log_steps
-from antigrok.training.train import BatchOrder, NonFiniteLossError, RunSpec, load_checkpoint, train_run
+from antigrok.training.train import (MAX_STEPS_BETWEEN_CLOCK_CHECKS, BatchOrder, NonFiniteLossError, RunSpec,
+                                     event_steps, load_checkpoint, next_stop, train_run)
 
 TINY_EXPERIMENT = {
     "dataset": {"name": "mnist"},
@@ -63,6 +64,19 @@ def test_last_step_is_kept_when_off_the_grid():
 
 def test_log_steps_include_every_checkpoint():
     assert set(checkpoint_steps(5000, 4)) <= set(log_steps(5000, 3, 4))
+
+
+def test_the_loop_stops_at_every_event_and_looks_at_the_clock_between_far_events():
+    logged, checkpoints = event_steps(tiny_spec(2000))
+    assert checkpoints == set(checkpoint_steps(2000, 4)) and checkpoints <= logged
+    events = sorted(logged | checkpoints)
+    stops, step = [], 0
+    while step < 2000:
+        step = next_stop(events, step)
+        stops.append(step)
+    assert set(events) - {0} <= set(stops)
+    gaps = [after - before for before, after in zip([0] + stops, stops)]
+    assert max(gaps) == MAX_STEPS_BETWEEN_CLOCK_CHECKS  # the late events lie further apart than that
 
 
 def test_init_scale_multiplies_every_parameter():

@@ -14,7 +14,6 @@ and losses at that step, each layer's alpha and largest eigenvalues), and the ag
 
 from __future__ import annotations
 
-import bisect
 import logging
 import platform
 import subprocess
@@ -29,10 +28,8 @@ from tqdm import tqdm
 
 from antigrok.formats.loading import safe_torch_load
 from antigrok.htsr import analyze_checkpoint
-from antigrok.training.schedule import checkpoint_steps, log_steps
 from antigrok.training.segments import cpu_model, git_commit
-from antigrok.training.train import (MAX_STEPS_BETWEEN_CLOCK_CHECKS, RunSpec, SingleRun, evaluation_row,
-                                     save_checkpoint)
+from antigrok.training.train import RunSpec, SingleRun, evaluation_row, event_steps, next_stop, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +96,7 @@ def replay(spec: RunSpec, dataset: dict, state: dict, step: int, settings: Repla
 
     The steps are taken in the loop's chunks, synchronised at every log and checkpoint step as the loop
     does, on the train rule's number of threads, so that the replay computes what the run computed."""
-    last_step = spec.experiment_cfg["steps"]
-    checkpoints = checkpoint_steps(last_step, spec.checkpoint_per_decade)
+    logged, checkpoints = event_steps(spec)
     if step not in checkpoints:
         raise ValueError(f"{spec.name}: step {step} is not one of the run's checkpoint steps")
     if state["fingerprint"] != spec.fingerprint():
@@ -110,7 +106,7 @@ def replay(spec: RunSpec, dataset: dict, state: dict, step: int, settings: Repla
     current, _ = engine.restore(state)
     if current > step:
         raise ValueError(f"{spec.name}: the resume state is at step {current}, after checkpoint {step}")
-    events = sorted(set(checkpoints) | set(log_steps(last_step, spec.log_per_decade, spec.checkpoint_per_decade)))
+    events = sorted(logged | checkpoints)
     engine.start()
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
@@ -118,7 +114,7 @@ def replay(spec: RunSpec, dataset: dict, state: dict, step: int, settings: Repla
         with tqdm(total=step, initial=current, desc=f"replay {spec.name}", unit="step", mininterval=5.0,
                   disable=not progress) as bar:
             while current < step:
-                target = min(events[bisect.bisect_right(events, current)], current + MAX_STEPS_BETWEEN_CLOCK_CHECKS)
+                target = next_stop(events, current)
                 engine.advance(current, target - current)
                 bar.update(target - current)
                 current = target

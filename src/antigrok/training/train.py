@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +296,21 @@ def run_files(spec: RunSpec, run_dir: str | Path) -> RunFiles:
     return RunFiles(run_dir, spec.name, spec.fingerprint(), steps)
 
 
+def event_steps(spec: RunSpec) -> tuple[set[int], set[int]]:
+    """The steps at which the loop logs an evaluation row and those at which it writes a checkpoint."""
+    last_step = spec.experiment_cfg["steps"]
+    logged = set(log_steps(last_step, spec.log_per_decade, spec.checkpoint_per_decade))
+    return logged, set(checkpoint_steps(last_step, spec.checkpoint_per_decade))
+
+
+def next_stop(events: Sequence[int], step: int) -> int:
+    """Where the loop advances to from ``step``: the next event, or MAX_STEPS_BETWEEN_CLOCK_CHECKS on.
+
+    The chunks are part of the arithmetic (the fast step fuses a chunk's steps), so whatever replays a
+    run takes the same ones (antigrok.study.checkpoint_replay)."""
+    return min(events[bisect.bisect_right(events, step)], step + MAX_STEPS_BETWEEN_CLOCK_CHECKS)
+
+
 def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress: bool) -> list[pd.DataFrame]:
     """The training loop of both engines: events (log rows, checkpoints), resume states, finishing.
 
@@ -309,10 +325,8 @@ def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress:
     it), logged when the run finishes; every PROGRESS_EVERY_S the log
     gets a progress line with the steps per second and the time left.
     """
-    first = engine.specs[0]
-    last_step = first.experiment_cfg["steps"]
-    checkpoints = set(checkpoint_steps(last_step, first.checkpoint_per_decade))
-    logged = set(log_steps(last_step, first.log_per_decade, first.checkpoint_per_decade))
+    last_step = engine.specs[0].experiment_cfg["steps"]
+    logged, checkpoints = event_steps(engine.specs[0])
     events = sorted(logged | checkpoints)
     finished = resume.finished_logs()
     if finished is not None:
@@ -344,7 +358,7 @@ def run_loop(engine, resume: Resume, name: str, resume_every_s: float, progress:
                 engine.write_checkpoints(step, [run.staged_checkpoint(step) for run in resume.runs])
             if step == last_step:
                 break
-            target = min(events[bisect.bisect_right(events, step)], step + MAX_STEPS_BETWEEN_CLOCK_CHECKS)
+            target = next_stop(events, step)
             engine.advance(step, target - step)
             bar.update(target - step)
             step = target
