@@ -98,6 +98,29 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+# The tests run in two pytest-xdist workers (pyproject.toml's addopts: -n 2, --dist loadgroup). Each
+# module is one group, so its module-scoped fixtures are built once; the tests that read the smoke
+# workflow are one group wherever they live, so the session fixture runs the workflow once. The two
+# longest groups, the smoke workflow and the live SLURM test, go first (in this order, which
+# --no-loadscope-reorder keeps), one to each worker, and the modules fill in beside them.
+SMOKE_GROUP, SLURM_GROUP = "smoke_workflow", "live_slurm_cluster"
+
+
+def xdist_group(item) -> str:
+    if "smoke_workdir" in item.fixturenames:
+        return SMOKE_GROUP
+    if item.get_closest_marker("slurm") is not None:
+        return SLURM_GROUP
+    return item.nodeid.split("::")[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    first = {SMOKE_GROUP: 0, SLURM_GROUP: 1}
+    groups = {id(item): xdist_group(item) for item in items}
+    items.sort(key=lambda item: first.get(groups[id(item)], len(first)))  # stable: the rest keep their order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+
 
 def pytest_terminal_summary(terminalreporter):
     report_skipped_slurm_tests(terminalreporter)
