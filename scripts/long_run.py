@@ -42,8 +42,8 @@ from pathlib import Path
 
 from antigrok.report.long_run_report import write_report
 from antigrok.study.checkpoint_replay import ReplaySettings
-from antigrok.study.long_runs import (REPLAYED_CHECKPOINTS, AnalysisSettings, analyse, check_replay, long_runs,
-                                      recover_edge_checkpoints, restore, save_state, status_line)
+from antigrok.study.long_runs import (REPLAYED_CHECKPOINTS, AnalysisSettings, RecentSpeed, analyse, check_replay,
+                                      long_runs, recover_edge_checkpoints, restore, save_state, status_line)
 from antigrok.training.data import load_dataset
 from antigrok.workflow_config import load_workflow_config
 
@@ -122,10 +122,11 @@ def rows_message(out: Path, runs) -> str:
 
 def follow(runs, config, args) -> None:
     last_commit = time.monotonic()
+    speed = RecentSpeed()
     while True:
         counts = analyse_all(runs, config, args.results)
         for run in runs:
-            log.info("%s (%d new checkpoints analysed)", status_line(run), counts.get(run.name, 0))
+            log.info("%s (%d new checkpoints analysed)", status_line(run, speed), counts.get(run.name, 0))
         finished = all(run.finished for run in runs)
         if args.commit and (finished or time.monotonic() - last_commit >= args.commit_every):
             try:

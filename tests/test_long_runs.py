@@ -17,7 +17,8 @@ import torch
 from antigrok.htsr import write_spectra
 from antigrok.spectra.traps import write_traps
 from antigrok.study import long_runs
-from antigrok.study.long_runs import AnalysisSettings, LongRun, analyse, restore, save_state, status_line
+from antigrok.study.long_runs import (AnalysisSettings, LongRun, RecentSpeed, analyse, restore, save_state,
+                                      status_line)
 from antigrok.study.phases import PhaseThresholds, segment_phases
 from antigrok.study.progress import ProgressSettings, progress_for_checkpoints
 from antigrok.training.segments import progress_line, start_segment
@@ -236,6 +237,21 @@ def test_progress_line_and_speed():
     meter = SpeedMeter(step=100, now=0.0, every_s=600.0)
     assert not meter.due(599.0) and meter.due(600.0)
     assert meter.measure(step=120_100, now=600.0) == 200.0
+
+
+def test_follow_measures_speed_since_its_last_look_not_over_a_paused_job():
+    def state(step, wall_s, start_step=1_000_000):
+        return {"step": step, "segments": [{"start_step": start_step, "wall_s": wall_s,
+                                            "steps_per_s": (step - start_step) / wall_s}]}
+
+    speed = RecentSpeed()
+    # An hour into the job, paused for most of it: the first look has only the job's average.
+    assert speed.steps_per_s("r", state(1_060_000, 3600.0)) == pytest.approx(60_000 / 3600)
+    # 300 s later, 200 steps/s (the job's average would still say 31).
+    assert speed.steps_per_s("r", state(1_120_000, 3900.0)) == pytest.approx(200.0)
+    # A state that has not moved (the job stopped) and a new job: their average.
+    assert speed.steps_per_s("r", state(1_120_000, 3900.0)) == pytest.approx(120_000 / 3900)
+    assert speed.steps_per_s("r", state(2_010_000, 50.0, start_step=2_000_000)) == pytest.approx(200.0)
 
 
 def test_a_state_from_before_segments_gets_an_unrecorded_first_segment():

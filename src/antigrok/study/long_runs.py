@@ -131,8 +131,27 @@ def segments_so_far(run: LongRun, state: dict | None) -> pd.DataFrame | None:
     return segments_table(state["segments"])
 
 
-def status_line(run: LongRun) -> str:
-    """Where the run stands: step, steps per second of its current job, time left."""
+class RecentSpeed:
+    """Steps per second of each run since the previous look at its resume state (``follow`` looks every
+    few minutes). The job's own average counts the time the job was stopped (SIGSTOP while a test suite
+    had the cores, a suspended SLURM job) as training time, and after a pause it promised a day too many;
+    the first look, and a look at a new job or a state that has not moved, falls back to that average."""
+
+    def __init__(self):
+        self.seen: dict[str, tuple[int, int, float]] = {}  # run: (the job's first step, step, job wall s)
+
+    def steps_per_s(self, name: str, state: dict) -> float:
+        segment = (state.get("segments") or [{}])[-1]
+        now = (int(segment.get("start_step", -1)), int(state["step"]), float(segment.get("wall_s", math.nan)))
+        before, self.seen[name] = self.seen.get(name), now
+        if before is not None and before[0] == now[0] and now[2] > before[2]:
+            return (now[1] - before[1]) / (now[2] - before[2])
+        return float(segment.get("steps_per_s", math.nan))
+
+
+def status_line(run: LongRun, speed: RecentSpeed | None = None) -> str:
+    """Where the run stands: step, steps per second (since ``speed``'s last look, else of its current job),
+    time left."""
     if run.finished:
         return f"{run.name}: finished ({run.last_step} steps)"
     state = current_state(run)
@@ -140,8 +159,8 @@ def status_line(run: LongRun) -> str:
         committed = read_state(run.committed_state_path)
         where = f"; a committed state at step {committed['step']} (restore it)" if committed else ""
         return f"{run.name}: no resume state in {run.run_dir}{where}"
-    segments = state.get("segments") or [{}]
-    return progress_line(run.name, int(state["step"]), run.last_step, float(segments[-1].get("steps_per_s", math.nan)))
+    speed = speed or RecentSpeed()
+    return progress_line(run.name, int(state["step"]), run.last_step, speed.steps_per_s(run.name, state))
 
 
 # ----------------------------------------------------------------------------------- analysing
