@@ -14,14 +14,6 @@ import yaml
 
 from skipped_slurm import report_skipped_slurm_tests
 
-# In a pytest-xdist worker (pyproject.toml's addopts: two of them) one thread each, for torch, BLAS and
-# every subprocess the tests start (the workflow's jobs): two workers with two threads each on two cores
-# spin in each other's way (more than half the CPU time of a thread-heavy test went to it). Set before
-# the test modules import torch or numpy; a value already in the environment is kept.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(variable, "1")
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "workflow", "envs", "profiles", "tests/smoke.yaml"]
