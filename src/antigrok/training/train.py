@@ -26,8 +26,8 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
