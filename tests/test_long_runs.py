@@ -249,8 +249,13 @@ def test_follow_measures_speed_since_its_last_look_not_over_a_paused_job():
     assert speed.steps_per_s("r", state(1_060_000, 3600.0)) == pytest.approx(60_000 / 3600)
     # 300 s later, 200 steps/s (the job's average would still say 31).
     assert speed.steps_per_s("r", state(1_120_000, 3900.0)) == pytest.approx(200.0)
-    # A state that has not moved (the job stopped) and a new job: their average.
-    assert speed.steps_per_s("r", state(1_120_000, 3900.0)) == pytest.approx(120_000 / 3900)
+    # A state that has not moved (the job paused or dead): 0, and the line says so, not a time left.
+    assert speed.steps_per_s("r", state(1_120_000, 3900.0)) == 0.0
+    assert progress_line("r", 1_120_000, 10_000_000, 0.0) == (
+        "r: step 1120000 of 10000000 (11.2%), no new resume state since the last look (paused, stopped or dead?)")
+    # Moving again after the pause: the speed over the looks' interval of job wall time.
+    assert speed.steps_per_s("r", state(1_180_000, 4200.0)) == pytest.approx(200.0)
+    # A new job (continued elsewhere): its own average until the next look.
     assert speed.steps_per_s("r", state(2_010_000, 50.0, start_step=2_000_000)) == pytest.approx(200.0)
 
 

@@ -134,8 +134,10 @@ def segments_so_far(run: LongRun, state: dict | None) -> pd.DataFrame | None:
 class RecentSpeed:
     """Steps per second of each run since the previous look at its resume state (``follow`` looks every
     few minutes). The job's own average counts the time the job was stopped (SIGSTOP while a test suite
-    had the cores, a suspended SLURM job) as training time, and after a pause it promised a day too many;
-    the first look, and a look at a new job or a state that has not moved, falls back to that average."""
+    had the cores, a suspended SLURM job) as training time, and after a pause it promised a day too many.
+    The first look and the first look at a new job fall back to that average; a state that has not moved
+    since the previous look gives 0 (the job is paused, stopped or dead, or saves less often than follow
+    looks), where the average would report a paused run as training."""
 
     def __init__(self):
         self.seen: dict[str, tuple[int, int, float]] = {}  # run: (the job's first step, step, job wall s)
@@ -144,8 +146,8 @@ class RecentSpeed:
         segment = (state.get("segments") or [{}])[-1]
         now = (int(segment.get("start_step", -1)), int(state["step"]), float(segment.get("wall_s", math.nan)))
         before, self.seen[name] = self.seen.get(name), now
-        if before is not None and before[0] == now[0] and now[2] > before[2]:
-            return (now[1] - before[1]) / (now[2] - before[2])
+        if before is not None and before[0] == now[0]:
+            return (now[1] - before[1]) / (now[2] - before[2]) if now[2] > before[2] else 0.0
         return float(segment.get("steps_per_s", math.nan))
 
 

@@ -90,8 +90,11 @@ def segments_table(segments: list[dict]) -> pd.DataFrame:
 
 
 def progress_line(name: str, step: int, last_step: int, steps_per_s: float) -> str:
-    """``name: step 1234567 of 10000000 (12.3%), 205 steps/s, 11.9 h left at that rate``."""
+    """``name: step 1234567 of 10000000 (12.3%), 205 steps/s, 11.9 h left at that rate``; a speed of 0
+    (``RecentSpeed``: the state has not moved since the previous look) says so instead of a time left."""
     done = f"{name}: step {step} of {last_step} ({100 * step / last_step:.1f}%)"
+    if steps_per_s == 0:
+        return f"{done}, no new resume state since the last look (paused, stopped or dead?)"
     if not steps_per_s > 0:
         return f"{done}, speed not measured yet"
     hours_left = (last_step - step) / steps_per_s / 3600
