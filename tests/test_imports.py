@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import subprocess
 import sys
 
@@ -58,12 +61,70 @@ def test_the_cycle_finder_finds_a_hidden_cycle():
     assert import_graph.find_cycle(graph) == ["a", "b", "a"]
 
 
+# Each module is imported in a process of its own, forked from one that has imported only the heavy
+# third-party packages: a fresh interpreter per module paid their import (4-5 s of CPU) 66
+# times. The antigrok side of each child is as fresh as a new interpreter's, which is what the test is
+# about (a module that imports only after another antigrok module has been imported, an import cycle);
+# test_an_entry_point_imports_in_a_fresh_interpreter keeps one truly fresh import.
+IMPORT_EACH_ALONE = """
+import json, os, sys, traceback
+import numpy, pandas, scipy.linalg, scipy.stats, torch  # noqa: F401  imported once, before the forks
+
+failures = {}
+for module in sys.argv[1:]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            __import__("antigrok." + module)
+            message = ""
+        except BaseException:
+            message = traceback.format_exc()
+        with os.fdopen(write, "w") as pipe:
+            pipe.write(message)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        message = pipe.read()
+    status = os.waitpid(pid, 0)[1]
+    failures[module] = message or ("" if status == 0 else f"the child exited with status {status}")
+print(json.dumps(failures))
+"""
+
+
+def import_each_alone(modules: list[str]) -> dict[str, str]:
+    """{module: "" if ``import antigrok.<module>`` succeeded in its own process, else the traceback}."""
+    result = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *modules], capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def import_failures() -> dict[str, str]:
+    return import_each_alone([module for module in MODULES
+                              if OPTIONAL.get(module) is None or importlib.util.find_spec(OPTIONAL[module])])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the per-module imports fork one process per module")
 @pytest.mark.parametrize("module", MODULES)
-def test_each_module_imports_alone_in_a_fresh_interpreter(module):
+def test_each_module_imports_alone(module, import_failures):
     extra = OPTIONAL.get(module)
     if extra:
         pytest.importorskip(extra)
-    result = subprocess.run([sys.executable, "-c", f"import antigrok.{module}"], capture_output=True, text=True,
+    assert import_failures[module] == "", import_failures[module][-3000:]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the per-module imports fork one process per module")
+def test_a_module_that_fails_to_import_is_reported_with_its_traceback():
+    failures = import_each_alone(["htsr", "no_such_module"])
+    assert failures["htsr"] == ""
+    assert "ModuleNotFoundError: No module named 'antigrok.no_such_module'" in failures["no_such_module"]
+
+
+def test_an_entry_point_imports_in_a_fresh_interpreter():
+    result = subprocess.run([sys.executable, "-c", "import antigrok.cli"], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
