@@ -26,7 +26,8 @@ def test_the_doc_has_the_three_snippets():
 
 
 @pytest.mark.parametrize("name", ["plain", "lightning", "transformers"])
-def test_snippet_runs(name, tmp_path, monkeypatch):
+def test_snippet_runs(name, tmp_path, monkeypatch, one_torch_thread):
+    # One torch thread: the small MLP's 300 steps took 2x the CPU in two threads beside the other worker.
     if name != "plain":
         pytest.importorskip({"lightning": "lightning.pytorch", "transformers": "transformers"}[name])
     monkeypatch.chdir(tmp_path)
