@@ -147,6 +147,64 @@ def test_skipped_columns_get_a_zero_gradient_and_the_rest_autograds_to_rounding(
         torch.testing.assert_close(view, parameter.grad, rtol=1e-12, atol=1e-18)
 
 
+def mostly_silent_model(firing_fc1=(0, 5, 9), firing_fc2=(2, 11)):
+    """The small MLP with every hidden unit but ``firing_*`` pushed far below zero by its bias, as most
+    units are late in the paper's run: the fast step multiplies over the firing units only."""
+    model = build_model(EXPERIMENT["model"], seed=0)
+    with torch.no_grad():
+        for layer, firing in ((model.fc1, firing_fc1), (model.fc2, firing_fc2)):
+            silent = [unit for unit in range(layer.out_features) if unit not in firing]
+            layer.bias[silent] = -1e6
+            layer.bias[list(firing)] = 1e2  # fire for every example
+    return model
+
+
+def test_silent_hidden_units_are_skipped_and_the_gradients_equal_autograds_to_rounding(monkeypatch):
+    from antigrok.training import fast_mlp_step
+
+    gathered = []
+    original = fast_mlp_step.firing_units
+    monkeypatch.setattr(fast_mlp_step, "firing_units", lambda hidden: gathered.append(original(hidden)) or gathered[-1])
+    dataset = sparse_dataset()
+    model = mostly_silent_model()
+    stepper = FastMLPStep(model, make_optimizer(model, EXPERIMENT["optimizer"], 0.01), dataset["x_train"].double(),
+                          dataset["y_train"])
+    index = BatchOrder(64, 16, seed=0).next()
+    stepper.compute_gradients(index)
+    assert [units.tolist() for units in gathered] == [[0, 5, 9], [2, 11]]
+    x, one_hot = dataset["x_train"].double()[index], F.one_hot(dataset["y_train"][index], 5).double()
+    F.mse_loss(model(x), one_hot).backward()
+    reference = [model.fc1.weight.grad[:, stepper.active]] + [p.grad for p in stepper.parameters[1:]]
+    for view, expected in zip(stepper.grad_views, reference):
+        assert torch.equal(view == 0, expected == 0)  # the skipped products' exact zeros
+        torch.testing.assert_close(view, expected, rtol=1e-12, atol=0)
+
+
+def test_a_mostly_silent_model_trains_as_the_plain_step_does():
+    dataset = sparse_dataset()
+    x, y = dataset["x_train"].double(), dataset["y_train"]
+    models = [mostly_silent_model() for _ in range(2)]
+    optimizers = [make_optimizer(m, EXPERIMENT["optimizer"], 0.0) for m in models]
+    fast, plain = FastMLPStep(models[0], optimizers[0], x, y), PlainStep(models[1], optimizers[1], x, y, "mse")
+    orders = [BatchOrder(64, 16, seed=0) for _ in range(2)]
+    for _ in range(300):
+        fast.step(orders[0].next(), 5e-3)
+        plain.step(orders[1].next(), 5e-3)
+    fast.sync()
+    for ours, theirs in zip(models[0].parameters(), models[1].parameters()):
+        assert (ours - theirs).abs().max() <= RTOL * theirs.abs().max()
+
+
+def test_the_full_products_serve_a_layer_where_most_units_fire():
+    from antigrok.training.fast_mlp_step import GATHER_FRACTION, firing_units
+
+    hidden = torch.zeros(4, 8)
+    hidden[0, :6] = 1.0
+    assert firing_units(hidden).tolist() == list(range(6)) and 6 <= GATHER_FRACTION * 8
+    hidden[1, 6] = 2.0
+    assert firing_units(hidden) is None  # 7 of 8 fire: more than GATHER_FRACTION
+
+
 def test_sync_writes_a_standard_adamw_state_that_the_plain_step_continues(tmp_path):
     """After sync the model and torch's AdamW hold the fast step's state: the plain step continues it."""
     dataset = sparse_dataset()
