@@ -181,6 +181,22 @@ def test_esd_figure(tmp_path):
     assert_png(fig, tmp_path / "esd.png", "esd", panels=2)
 
 
+def test_save_figure_lays_out_once_for_png_and_pdf(tmp_path, monkeypatch):
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    layouts = []
+    execute = ConstrainedLayoutEngine.execute
+    monkeypatch.setattr(ConstrainedLayoutEngine, "execute", lambda self, fig: layouts.append(fig) or execute(self, fig))
+    rng = np.random.default_rng(0)
+    fig = figures.plot_esd_fits([spectrum(rng, rand=False)], [spectrum(rng)], "esd")
+    figures.save_figure(fig, [tmp_path / "esd.png", tmp_path / "esd.pdf"])
+    assert layouts == [fig], "the second format reuses the first one's layout"
+    assert (tmp_path / "esd.pdf").read_bytes().startswith(b"%PDF")
+    placed = [ax.get_position().bounds for ax in fig.axes]
+    assert placed != [ax.get_position().bounds for ax in figures.plot_esd_fits(
+        [spectrum(rng, rand=False)], [spectrum(rng)], "esd").axes], "the kept positions are the constrained layout's"
+
+
 def test_traps_figure_marks_traps(tmp_path):
     rng = np.random.default_rng(1)
     before = spectrum(rng, spike=30.0, traps="")
