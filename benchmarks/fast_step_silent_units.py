@@ -16,7 +16,6 @@ CHECKPOINT: a checkpoint of the 784-200-200-10 MLP (.pt from the workflow, or .s
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from antigrok.formats.loading import read_checkpoint
 from antigrok.training import fast_mlp_step
 from antigrok.training.data import prepare_mnist
 from antigrok.training.models import MLP
+from antigrok.training.segments import cpu_model
 
 WIDTHS, BATCH, STEPS_PER_REPEAT = [784, 200, 200, 10], 200, 200
 
@@ -36,13 +36,6 @@ def load_state_dict(path: Path) -> dict:
 
         return load_file(path)
     return read_checkpoint(path)["model"]
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def firing_fractions(model: MLP, x: torch.Tensor, batches: list[torch.Tensor]) -> list[float]:
@@ -76,7 +69,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randperm(len(x), generator=generator)[:BATCH] for _ in range(50)]
     default = fast_mlp_step.GATHER_FRACTION
-    print(f"CPU: {cpu_name()}; torch {torch.__version__}, 1 thread; GATHER_FRACTION {default}")
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread; GATHER_FRACTION {default}")
     print("| checkpoint | units firing in a batch (fc1, fc2) | gradients, full products (ms CPU) | "
           "gradients, silent units skipped (ms CPU) | speed-up | AdamW update (ms CPU) | step speed-up | "
           "max gradient difference (relative) |")

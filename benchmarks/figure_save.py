@@ -15,7 +15,6 @@ results/runs/modadd_transformer/wd0.0/seed0 (6 matrices, 12 panels).
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from antigrok.report import figures
+from antigrok.training.segments import cpu_model
 
 
 def esd_figure(run: Path):
@@ -55,15 +55,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     make_figure, layers = esd_figure(args.run)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     times = {"layout per format": [], "save_figure (layout once)": []}
     with tempfile.TemporaryDirectory() as folder:
         paths = [Path(folder) / "esd.png", Path(folder) / "esd.pdf"]
         for _ in range(args.repeats):
             times["layout per format"].append(cpu_seconds(layout_per_format, make_figure, paths))
             times["save_figure (layout once)"].append(cpu_seconds(figures.save_figure, make_figure, paths))
-    print(f"CPU: {cpu}; matplotlib {matplotlib.__version__}; {args.run}: {layers} layers, {2 * layers} panels; "
+    print(f"CPU: {cpu_model()}; matplotlib {matplotlib.__version__}; {args.run}: {layers} layers, {2 * layers} panels; "
           f"PNG ({figures.DPI} dpi) and PDF; fastest of {args.repeats}, CPU seconds of this process")
     print("| saving | PNG + PDF (s CPU) |")
     print("|---|---|")
