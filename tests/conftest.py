@@ -114,6 +114,9 @@ def xdist_group(item) -> str:
     return item.nodeid.split("::")[0]
 
 
+# tryfirst: xdist's worker reads the xdist_group markers in its own pytest_collection_modifyitems, so
+# they must be on the items before it runs; added after it, they group nothing.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     first = {SMOKE_GROUP: 0, SLURM_GROUP: 1}
     groups = {id(item): xdist_group(item) for item in items}

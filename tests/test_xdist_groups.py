@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from types import SimpleNamespace
 
 from conftest import REPO, SLURM_GROUP, SMOKE_GROUP, pytest_collection_modifyitems, xdist_group
@@ -81,3 +82,56 @@ def test_the_collected_suite_carries_the_groups_xdist_reads(tmp_path):
     }
     first_groups = [group for _, group, _ in rows][: len(readers)]
     assert set(first_groups) == {SMOKE_GROUP}, "the smoke workflow's group starts first"
+
+
+# A suite in miniature, run by real xdist workers: three modules whose first test reads a stand-in for
+# the smoke workflow (a session fixture that leaves one file per worker that built it).
+LIVE_CONFTEST = '''
+import importlib.util, os, sys
+from pathlib import Path
+import pytest
+
+sys.path.insert(0, {tests!r})
+_spec = importlib.util.spec_from_file_location("repo_conftest", {conftest!r})
+_repo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_repo)
+pytest_collection_modifyitems = _repo.pytest_collection_modifyitems
+
+
+@pytest.fixture(scope="session")
+def smoke_workdir():
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    (Path(__file__).parent / f"built_by_{{worker}}").touch()
+    return worker
+'''
+LIVE_MODULE = '''
+def test_reads_the_smoke_workflow(smoke_workdir):
+    pass
+
+def test_other():
+    pass
+'''
+
+
+def test_xdist_builds_the_smoke_workflow_once_across_both_workers(tmp_path):
+    """With the installed pytest and pytest-xdist and pyproject.toml's options, every smoke reader runs in
+    one worker, so the workflow is built once. Two things broke this silently, and each worker built its
+    own smoke workflow: conftest's hook adding the groups after xdist's worker had read them (it now runs
+    tryfirst), and pytest 9.2, with which xdist 3.8's group names no longer reach its scheduler
+    (pytest-dev/pytest-xdist#1386; the test extra pins pytest < 9.2)."""
+    addopts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    assert "loadgroup" in addopts
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\naddopts = {addopts}\n")
+    (tmp_path / "conftest.py").write_text(
+        LIVE_CONFTEST.format(tests=str(REPO / "tests"), conftest=str(REPO / "tests" / "conftest.py"))
+    )
+    for name in ("a", "b", "c"):
+        (tmp_path / f"test_{name}.py").write_text(LIVE_MODULE)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "6 passed" in result.stdout, result.stdout[-3000:]
+    builders = sorted(path.name for path in tmp_path.glob("built_by_*"))
+    assert len(builders) == 1, f"the smoke workflow was built by {builders}: xdist did not keep its group on one worker"
