@@ -67,7 +67,7 @@ def test_the_collected_suite_carries_the_groups_xdist_reads(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", "-p", "group_probe", *COLLECTED_MODULES],
         cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line.split(" ", 3)[1:] for line in result.stdout.splitlines() if line.startswith("GROUP ")]
@@ -135,3 +135,17 @@ def test_xdist_builds_the_smoke_workflow_once_across_both_workers(tmp_path):
     assert "6 passed" in result.stdout, result.stdout[-3000:]
     builders = sorted(path.name for path in tmp_path.glob("built_by_*"))
     assert len(builders) == 1, f"the smoke workflow was built by {builders}: xdist did not keep its group on one worker"
+
+
+def test_the_cpu_benchmark_reads_each_tests_group_as_xdist_does():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pytest_cpu import group_of, summary
+
+    assert group_of("tests/test_docs.py::test_headers@smoke_workflow") == "smoke_workflow"
+    assert group_of("tests/test_htsr.py::test_a[x@y]") == "tests/test_htsr.py"  # an @ in a parameter id
+    assert group_of("tests/test_htsr.py::test_a[x@y]@tests/test_htsr.py") == "tests/test_htsr.py"
+    rows = [{"test": "tests/a.py::t@g", "wall_s": 9.0, "own_cpu_s": 1.0, "children_cpu_s": 5.0, "worker": "gw0"},
+            {"test": "tests/b.py::u", "wall_s": 2.0, "own_cpu_s": 2.0, "children_cpu_s": 0.0, "worker": "gw1"}]
+    text = summary(rows, top=5)
+    assert "2 tests, 8 s CPU in all" in text and "gw0 6 s, gw1 2 s" in text
+    assert "| g | 6.0 |" in text and "| tests/b.py | 2.0 |" in text
