@@ -36,14 +36,14 @@ from typing import Callable, NamedTuple
 import pandas as pd
 
 from antigrok.files import write_csv_atomically
-from antigrok.runs import HTSR_CSV, PHASES_CSV, PROGRESS_CSV, RUN_DIR, TRAIN_LOG, TRAPS_CSV
+from antigrok.runs import RESULTS, RUN_DIR, TRAIN_LOG
 from antigrok.training.segments import cpu_model, git_commit
 from antigrok.workflow_config import format_weight_decay, load_workflow_config
-from long_run import git_commit_paths  # scripts/ is on the path when a script of it runs
+from export_reference import RUN_FILES  # scripts/ is on the path when a script of it runs
+from long_run import git_commit_paths
 
 log = logging.getLogger("antigrok.search_queue")
 
-RUN_FILES = (TRAIN_LOG, HTSR_CSV, TRAPS_CSV, PROGRESS_CSV, PHASES_CSV)
 # Per (experiment, weight decay); the detector figure is left out: it reads a table of every run.
 PAIR_FIGURES = ("accuracy", "alpha", "progress", "esd", "traps")
 FAILED_LOG = "train_failed.log"
@@ -75,7 +75,7 @@ def queue(config: dict) -> list[Run]:
 
 def kept_dir(out: Path, run: Run) -> Path:
     """Where OUT keeps the run: runs/<experiment>/wd<wd>/seed<seed>, the results layout below results/."""
-    return out / Path(run.folder).relative_to("results")
+    return out / Path(run.folder).relative_to(RESULTS)
 
 
 def is_done(out: Path, run: Run) -> bool:

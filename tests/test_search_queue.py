@@ -50,7 +50,7 @@ class FakeWorkflow:
         self.workdir, self.diverging, self.calls = workdir, diverging, []
 
     def __call__(self, command: list[str], log_path: Path) -> int:
-        targets = [arg for arg in command[3:command.index("--configfile")]]
+        targets = command[3:command.index("--configfile")]
         self.calls.append(targets)
         for target in targets:
             if target.startswith("results/figures/"):
